@@ -1,0 +1,8 @@
+//! otpserve's native kernel.
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _kernel(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
