@@ -1,0 +1,87 @@
+"""ExitReason: why a child (task, OS process, GenServer, supervisor) exited.
+
+OTP exit reasons are terms; here they are one small value type. Only ``normal`` and ``shutdown`` are
+*normal* exits — the distinction that decides whether a ``transient`` child is restarted.
+"""
+
+from __future__ import annotations
+
+import signal as _signal
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["ExitReason"]
+
+_NORMAL_KINDS = frozenset({"normal", "shutdown"})
+
+
+@dataclass(frozen=True)
+class ExitReason:
+    """``kind`` is one of normal, shutdown, killed, exception, exit_code, signal, escalated, error.
+
+    ``detail`` carries the exception, the exit code, the signal number, ``(child_id, reason)`` for an
+    escalation, or the text of a custom reason.
+    """
+
+    kind: str
+    detail: Any = None
+
+    @property
+    def is_normal(self) -> bool:
+        return self.kind in _NORMAL_KINDS
+
+    @property
+    def abnormal(self) -> bool:
+        return not self.is_normal
+
+    @classmethod
+    def normal(cls) -> ExitReason:
+        return cls("normal")
+
+    @classmethod
+    def shutdown(cls) -> ExitReason:
+        return cls("shutdown")
+
+    @classmethod
+    def killed(cls) -> ExitReason:
+        return cls("killed")
+
+    @classmethod
+    def exception(cls, exc: BaseException) -> ExitReason:
+        return cls("exception", exc)
+
+    @classmethod
+    def exit_code(cls, code: int) -> ExitReason:
+        return cls("exit_code", code)
+
+    @classmethod
+    def signal(cls, signum: int) -> ExitReason:
+        return cls("signal", signum)
+
+    @classmethod
+    def escalated(cls, child_id: Any, reason: ExitReason) -> ExitReason:
+        return cls("escalated", (child_id, reason))
+
+    @classmethod
+    def coerce(cls, reason: ExitReason | str) -> ExitReason:
+        """Accept ``"normal"``, ``"shutdown"``, ``"killed"``, other text (abnormal ``error``), or a reason."""
+        if isinstance(reason, ExitReason):
+            return reason
+        if reason in ("normal", "shutdown", "killed"):
+            return cls(reason)
+        return cls("error", str(reason))
+
+    def __str__(self) -> str:
+        if self.kind == "exception":
+            return f"exception {type(self.detail).__name__}: {self.detail}"
+        if self.kind == "signal":
+            try:
+                return f"signal {_signal.Signals(self.detail).name}"
+            except ValueError:
+                return f"signal {self.detail}"
+        if self.kind == "escalated":
+            child_id, reason = self.detail
+            return f"escalated (restart intensity exceeded; last child {child_id!r}: {reason})"
+        if self.detail is None:
+            return self.kind
+        return f"{self.kind} {self.detail}"
