@@ -1,0 +1,128 @@
+"""The ``otpserve`` command: one subcommand per stage of the pipeline.
+
+    otpserve train [--out DIR] [--data DIR] [--epochs N] [--seed S]   fit the reference MLP, save it
+    otpserve predict MODEL FILE [--invert] [--top K]                  print the class of a .png or .npy
+    otpserve serve | bench | demo                                      (added by the serving/bench layers)
+
+Each subcommand is a ``_add_<name>(subparsers)`` function that registers its parser and handler; heavy
+imports (scikit-learn, the serving stack) happen inside the handler so ``otpserve --help`` stays fast.
+Errors otpserve raises on purpose are printed as one line and exit with status 1, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from otpserve.errors import OtpserveError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except (OtpserveError, OSError) as exc:
+        print(f"otpserve {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="otpserve", description="Train, run and serve models the OTP way.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_train(subparsers)
+    _add_predict(subparsers)
+    # --- serve, bench, demo: registered here by the serving and benchmark layers: _add_serve(subparsers) ...
+    return parser
+
+
+# --- train -----------------------------------------------------------------------------------------------
+
+
+def _add_train(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train the reference MLP (784 → 128 ReLU → 10) and save it as an artifact",
+        description="Train the reference MLP with scikit-learn. Without --data it uses the 1,797 digits "
+        "scikit-learn ships (resampled to 28x28, 20%% held out, stratified); no download.",
+    )
+    p.add_argument("--out", type=Path, help="artifact folder to write (default: $OTPSERVE_HOME/models/mlp)")
+    p.add_argument("--data", type=Path, help="folder with MNIST IDX files (train-/t10k- images and labels)")
+    p.add_argument("--epochs", type=int, help="passes over the training set (default: 30 digits, 10 MNIST)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed for initialisation, split and order (default: 0)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from otpserve.train import train
+
+    started = time.perf_counter()
+    result = train(data=args.data, out=args.out, epochs=args.epochs, seed=args.seed, progress=not args.quiet)
+    metrics = result.metrics
+    print(f"data: {result.dataset.description['split']}")
+    print(
+        f"held-out accuracy: {metrics['heldout_accuracy']:.2%} "
+        f"({round(metrics['heldout_accuracy'] * metrics['heldout_samples'])}/{metrics['heldout_samples']})"
+    )
+    print(f"saved: {result.path}  ({time.perf_counter() - started:.1f} s)")
+    return 0
+
+
+# --- predict ---------------------------------------------------------------------------------------------
+
+
+def _add_predict(subparsers) -> None:
+    p = subparsers.add_parser(
+        "predict",
+        help="print the class of an image (.png) or array (.npy)",
+        description="Run MODEL on FILE and print one class per image. Images should show light ink on a dark "
+        "background, as MNIST does; use --invert for dark ink on white.",
+    )
+    p.add_argument(
+        "model", type=Path, metavar="MODEL", help="artifact folder (e.g. $OTPSERVE_HOME/models/mlp)"
+    )
+    p.add_argument(
+        "file", type=Path, metavar="FILE", help=".png/.jpg image, or .npy array of one or more images"
+    )
+    p.add_argument(
+        "--invert", action="store_true", help="invert the image first (dark ink on light background)"
+    )
+    p.add_argument("--top", type=int, default=0, metavar="K", help="also print the K most likely classes")
+    p.set_defaults(handler=_run_predict)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from otpserve.models import MLP
+    from otpserve.models.preprocessing import load_input_file
+
+    model = MLP.load(args.model)
+    rows = load_input_file(args.file, invert=args.invert)
+    logits = model.predict(rows)
+    labels = model.labels or [str(i) for i in range(model.output_shape[0])]
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities = shifted / shifted.sum(axis=1, keepdims=True)
+    for row in probabilities:
+        best = int(row.argmax())
+        if args.top > 0:
+            top = np.argsort(row)[::-1][: args.top]
+            print(labels[best] + "\t" + "  ".join(f"{labels[i]}:{row[i]:.3f}" for i in top))
+        else:
+            print(labels[best])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
