@@ -5,7 +5,6 @@ import struct
 
 import numpy as np
 import pytest
-
 from otpserve.errors import IDXFormatError
 from otpserve.train.idx import read_idx, write_idx
 
@@ -64,7 +63,7 @@ def test_truncated_gzip_stream_is_an_error(tmp_path):
     path = tmp_path / "cut.gz"
     whole = gzip.compress(idx_bytes(0x08, (1000,), bytes(range(256)) * 3 + bytes(232)))
     path.write_bytes(whole[: len(whole) // 2])
-    with pytest.raises(IDXFormatError, match="cut.gz"):
+    with pytest.raises(IDXFormatError, match=r"cut\.gz"):
         read_idx(path)
 
 

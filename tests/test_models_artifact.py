@@ -1,12 +1,11 @@
 """Loading a model artifact: a round trip works, and every kind of damage is a clear, typed error."""
 
 import hashlib
+import itertools
 import json
 
 import numpy as np
 import pytest
-from safetensors.numpy import save_file
-
 from otpserve.errors import (
     ArtifactError,
     ArtifactNotFound,
@@ -17,6 +16,7 @@ from otpserve.errors import (
     WeightsHashMismatch,
 )
 from otpserve.models import MLP
+from safetensors.numpy import save_file
 
 
 def small_layers(seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -24,7 +24,7 @@ def small_layers(seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     sizes = [6, 5, 3]
     return [
         (rng.normal(size=(a, b)).astype(np.float32), rng.normal(size=b).astype(np.float32))
-        for a, b in zip(sizes, sizes[1:], strict=False)
+        for a, b in itertools.pairwise(sizes)
     ]
 
 
@@ -112,7 +112,7 @@ def test_truncated_weights_file_is_weights_corrupt(artifact):
 @pytest.mark.parametrize("garbage", [b"", b"\x00", b"garbage" * 100, bytes(range(256)) * 4])
 def test_garbage_weights_file_is_weights_corrupt_not_a_crash(artifact, garbage):
     (artifact / "model.safetensors").write_bytes(garbage)
-    with pytest.raises(WeightsCorrupt, match="model.safetensors"):
+    with pytest.raises(WeightsCorrupt, match=r"model\.safetensors"):
         MLP.load(artifact)
 
 

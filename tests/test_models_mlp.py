@@ -1,10 +1,10 @@
 """MLP and FunctionModel as the serving layers use them: validated batches, metadata, pickling."""
 
+import itertools
 import pickle
 
 import numpy as np
 import pytest
-
 from otpserve.errors import DTypeError, ShapeError
 from otpserve.models import MLP, FunctionModel, Model, default_model_path
 
@@ -24,7 +24,7 @@ def mlp():
     sizes = [784, 128, 10]
     layers = [
         ((rng.normal(size=(a, b)) / np.sqrt(a)).astype(np.float32), rng.normal(size=b).astype(np.float32))
-        for a, b in zip(sizes, sizes[1:], strict=False)
+        for a, b in itertools.pairwise(sizes)
     ]
     return MLP(layers, labels=[str(i) for i in range(10)])
 
