@@ -161,6 +161,7 @@ class GenServer:
         self._stop_request: ExitReason | None = None
         self._killed = False
         self._exit: ExitReason | None = None
+        self._current: tuple[Any, Caller] | None = None  # the call being handled, failed if we die in it
 
     # ---- identity -------------------------------------------------------------------------------
 
@@ -244,6 +245,7 @@ class GenServer:
                 if kind == "stop":
                     continue
                 caller = Caller(future) if kind == "call" else None
+                self._current = (message, caller) if caller is not None else None
                 try:
                     if caller is not None:
                         result = await _maybe_await(self.handle_call(message, caller))
@@ -266,6 +268,7 @@ class GenServer:
                     break
                 if caller is not None and result is not NoReply:
                     caller.reply(result)
+                self._current = None
             else:
                 reason = self._stop_request
         except asyncio.CancelledError:
@@ -286,6 +289,10 @@ class GenServer:
         self._exit = reason
         if self.name is not None:
             registry.unregister(self.name, self)
+        if self._current is not None:
+            message, caller = self._current
+            self._current = None
+            caller.fail(ServerExited(self.label, reason, message))
         while not self._mailbox.empty():
             kind, message, future = self._mailbox.get_nowait()
             if kind == "call" and not future.done():
