@@ -80,6 +80,8 @@ class MLP:
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Logits for a batch of shape (n, in); numeric dtypes are converted to float32."""
         x = check_batch(batch, self.input_shape, self.input_dtype, model=self.name)
+        if x.shape[0] == 0:  # nothing to compute; don't ask the kernel to reason about empty matrices
+            return np.zeros((0, *self.output_shape), dtype=np.float32)
         return kernel.mlp_forward(x, self.layers)
 
     def tensors(self) -> dict[str, np.ndarray]:
