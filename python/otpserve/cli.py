@@ -56,7 +56,9 @@ def _add_train(subparsers) -> None:
     )
     p.add_argument("--out", type=Path, help="artifact folder to write (default: $OTPSERVE_HOME/models/mlp)")
     p.add_argument("--data", type=Path, help="folder with MNIST IDX files (train-/t10k- images and labels)")
-    p.add_argument("--epochs", type=int, help="passes over the training set (default: 30 digits, 10 MNIST)")
+    p.add_argument(
+        "--epochs", type=_positive_int, help="passes over the training set (default: 30 digits, 10 MNIST)"
+    )
     p.add_argument(
         "--seed", type=int, default=0, help="seed for initialisation, split and order (default: 0)"
     )
@@ -77,6 +79,13 @@ def _run_train(args: argparse.Namespace) -> int:
     )
     print(f"saved: {result.path}  ({time.perf_counter() - started:.1f} s)")
     return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 # --- predict ---------------------------------------------------------------------------------------------
