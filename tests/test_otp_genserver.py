@@ -229,3 +229,14 @@ def test_error_in_init_raises_from_start_link_and_frees_the_name():
         assert whereis("broken") is None
 
     arun(main())
+
+
+def test_supervisor_shutdown_reaches_terminate_with_reason_shutdown():
+    async def main():
+        log = []
+        sup = await Supervisor.start_link([Recorder.child_spec(log, name="rec")])
+        assert await GenServer.call("rec", "ping") == "ping"
+        await sup.stop()
+        assert log == [("terminate", "shutdown")]
+
+    arun(main())

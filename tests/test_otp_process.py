@@ -270,3 +270,25 @@ def test_children_do_not_outlive_a_supervisor_process_killed_by_sigkill(method):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_nested_supervisor_with_finite_shutdown_has_its_stubborn_children_killed_when_time_runs_out(tmp_path):
+    async def main():
+        ready = tmp_path / "ready"
+        inner = Supervisor.child_spec(
+            [ChildSpec.process("stubborn", targets.ignore_sigterm, str(ready), shutdown="infinity")],
+            id="inner",
+            shutdown=0.3,
+        )
+        sup = await Supervisor.start_link([inner])
+        pid = sup.which_children()[0].child.which_children()[0].pid
+        for _ in range(500):
+            if ready.exists():
+                break
+            await asyncio.sleep(0.01)
+        started = time.monotonic()
+        await sup.stop()
+        assert 0.25 <= time.monotonic() - started < 2.0
+        assert wait_gone([pid], within=1.0) == []
+
+    arun(main())

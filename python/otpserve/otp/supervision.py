@@ -11,6 +11,7 @@ that created it. Anything that changes the child list holds ``_lock``, so exits,
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from dataclasses import dataclass
@@ -42,6 +43,13 @@ class ChildInfo:
     type: str
     restart: str
     status: ChildStatus
+
+
+def _takes_reason(child: Child) -> bool:
+    try:
+        return "reason" in inspect.signature(child.stop).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 class _ChildRecord:
@@ -194,7 +202,14 @@ class SupervisorBase:
             if shutdown == "brutal_kill":
                 child.kill()
             else:
-                await child.stop(timeout=None if shutdown == "infinity" else float(shutdown))
+                timeout = None if shutdown == "infinity" else float(shutdown)
+                if _takes_reason(child):  # our GenServers and supervisors: exit "shutdown", as in OTP
+                    await child.stop(reason="shutdown", timeout=timeout)  # type: ignore[call-arg]
+                else:
+                    await child.stop(timeout=timeout)
+        except asyncio.CancelledError:
+            child.kill()  # our own stop was cut short (its timeout): do not leave this child running
+            raise
         except Exception:
             log.exception("stopping child %r of %r failed; killing it", rec.spec.id, self)
             child.kill()

@@ -113,6 +113,8 @@ class Supervisor(SupervisorBase):
     async def start_child(self, spec: ChildSpec) -> Child:
         """Add a child at the end of the start order and start it."""
         async with self._lock:
+            if not self.is_alive():
+                raise RuntimeError(f"{self!r} is not running")
             if any(r.spec.id == spec.id for r in self._records):
                 raise ValueError(f"{self.label} already has a child with id {spec.id!r}")
             rec = _ChildRecord(spec)
