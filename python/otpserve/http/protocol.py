@@ -1,0 +1,222 @@
+"""HTTP/1.1 connections on asyncio + httptools: the thin, fast face of the servings.
+
+One ``HttpConnection`` per TCP connection parses requests with httptools (llhttp, the parser Node.js and
+uvicorn use) and hands each complete request to the ``Router``. Requests on one connection are answered in
+order (pipelined ones wait their turn). Limits are enforced while reading, so a client cannot make the server
+buffer more than ``max_body`` bytes or hang it with a lying Content-Length (the idle sweep answers 408).
+A connection that closes while its request is queued cancels that request: it costs no compute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import httptools
+
+if TYPE_CHECKING:
+    from otpserve.http.router import Router
+
+log = logging.getLogger("otpserve.http")
+
+REASONS = {
+    200: b"OK",
+    400: b"Bad Request",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    408: b"Request Timeout",
+    411: b"Length Required",
+    413: b"Content Too Large",
+    415: b"Unsupported Media Type",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+}
+MAX_HEADER_BYTES = 64 * 1024
+
+
+class Incoming:
+    """One parsed request: method, path, query, the headers we use, and the body."""
+
+    __slots__ = ("body", "headers", "keep_alive", "method", "path", "query")
+
+    def __init__(self, method: bytes, url: bytes, headers: dict[bytes, bytes], body: bytes, keep_alive: bool):
+        self.method = method
+        path, _, query = url.partition(b"?")
+        self.path = path
+        self.query = query
+        self.headers = headers
+        self.body = body
+        self.keep_alive = keep_alive
+
+
+def response_bytes(status: int, body: bytes, content_type: bytes, extra: bytes = b"", close: bool = False) -> bytes:
+    """Serialize a whole HTTP/1.1 response."""
+    head = b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n%s%s\r\n" % (
+        status,
+        REASONS.get(status, b"Unknown"),
+        content_type,
+        len(body),
+        extra,
+        b"connection: close\r\n" if close else b"",
+    )
+    return head + body
+
+
+class HttpConnection(asyncio.Protocol):
+    """Parses requests off one socket, answers them in order, and cancels queued work on disconnect."""
+
+    __slots__ = (
+        "_body",
+        "_body_size",
+        "_closing",
+        "_header_bytes",
+        "_headers",
+        "_parser",
+        "_pending",
+        "_url",
+        "busy",
+        "cancel_current",
+        "last_activity",
+        "loop",
+        "reading_message",
+        "router",
+        "transport",
+    )
+
+    def __init__(self, router: Router, loop: asyncio.AbstractEventLoop) -> None:
+        self.router = router
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        self._url = b""
+        self._headers: dict[bytes, bytes] = {}
+        self._header_bytes = 0
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._pending: deque[Incoming] = deque()
+        self._closing = False
+        self.busy = False  # a request of this connection is being answered
+        self.cancel_current: Any = None  # undoes the in-flight request if the client leaves
+        self.reading_message = False
+        self.last_activity = loop.time()
+
+    # ---- asyncio.Protocol ------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.router.server.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        self.router.server.connections.discard(self)
+        cancel, self.cancel_current = self.cancel_current, None
+        if cancel is not None:
+            cancel()
+        self._pending.clear()
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        self.last_activity = self.loop.time()
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.fail(400, "protocol upgrades are not supported")
+        except httptools.HttpParserError as exc:
+            self.fail(400, f"malformed HTTP request: {exc}")
+        except _Refused:
+            pass
+
+    # ---- httptools callbacks ---------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = {}
+        self._header_bytes = 0
+        self._body = []
+        self._body_size = 0
+        self.reading_message = True
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._count_header_bytes(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_header_bytes(len(name) + len(value))
+        self._headers[name.lower()] = value
+
+    def on_headers_complete(self) -> None:
+        length = self._headers.get(b"content-length")
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                self.fail(400, f"Content-Length {length!r} is not a number")
+                raise _Refused from None
+            if declared > self.router.server.max_body:
+                self.fail(413, f"body of {declared} bytes is over the limit of {self.router.server.max_body} bytes")
+                raise _Refused
+
+    def on_body(self, body: bytes) -> None:
+        self._body_size += len(body)
+        if self._body_size > self.router.server.max_body:
+            self.fail(413, f"body is over the limit of {self.router.server.max_body} bytes")
+            raise _Refused
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.reading_message = False
+        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        req = Incoming(self._parser.get_method(), self._url, self._headers, body, self._parser.should_keep_alive())
+        if self.busy:
+            self._pending.append(req)
+        else:
+            self.busy = True
+            self.router.handle(self, req)
+
+    # ---- answering -------------------------------------------------------------------------------------
+
+    def _count_header_bytes(self, n: int) -> None:
+        self._header_bytes += n
+        if self._header_bytes > MAX_HEADER_BYTES:
+            self.fail(431, f"request line and headers are over {MAX_HEADER_BYTES} bytes")
+            raise _Refused
+
+    def send(self, data: bytes, keep_alive: bool) -> None:
+        """Write a whole response, then go on with the next pipelined request (or close)."""
+        self.cancel_current = None
+        transport = self.transport
+        if transport is None:
+            return
+        transport.write(data)
+        if not keep_alive:
+            self._closing = True
+            transport.close()
+            return
+        self.busy = False
+        if self._pending:
+            self.busy = True
+            self.router.handle(self, self._pending.popleft())
+
+    def fail(self, status: int, message: str) -> None:
+        """Answer a protocol-level error and close: the stream can no longer be trusted."""
+        if self._closing or self.transport is None:
+            return
+        self._closing = True
+        self.cancel_current = None
+        self.router.server.count_status(status)
+        body = self.router.error_body(message)
+        self.transport.write(response_bytes(status, body, b"application/json", close=True))
+        self.transport.close()
+
+    def idle_check(self, now: float, timeout: float) -> None:
+        """Close a connection stuck mid-request (e.g. a body shorter than its Content-Length)."""
+        if self.reading_message and not self.busy and now - self.last_activity > timeout:
+            self.fail(408, f"request not completed within {timeout:g} s (body shorter than its Content-Length?)")
+
+
+class _Refused(Exception):
+    """Raised out of a parser callback to stop parsing a request that was already answered."""

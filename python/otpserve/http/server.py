@@ -1,0 +1,115 @@
+"""HttpServer: servings behind the KServe v2 REST API on one asyncio loop.
+
+``await HttpServer({"mlp": serving}, host="127.0.0.1", port=8000).start()``. The server owns its listening
+socket, its connections and one housekeeping task (the idle sweep); ``stop()`` closes the listener, lets
+in-flight requests finish (bounded), then closes every connection. It does not own the servings: whoever
+started them stops them (``otpserve serve`` does both, in order).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+from otpserve.http.protocol import HttpConnection
+from otpserve.http.router import Router
+from otpserve.metrics import Counter, Registry, render_many
+
+if TYPE_CHECKING:
+    from otpserve.serving import Serving
+
+log = logging.getLogger("otpserve.http")
+
+
+class HttpServer:
+    """The HTTP face of one or more servings (KServe v2 + /metrics)."""
+
+    def __init__(
+        self,
+        servings: dict[str, Serving],
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        *,
+        max_body: int = 16 * 1024 * 1024,
+        request_timeout: float = 10.0,
+        backlog: int = 2048,
+    ) -> None:
+        self.servings = servings
+        self.host = host
+        self.port = port
+        # 16 MiB fits a batch of ~5,000 MNIST rows as JSON; larger requests get 413 before any is buffered.
+        self.max_body = max_body
+        # A request whose body stops arriving for this long is answered 408 and its connection closed.
+        self.request_timeout = request_timeout
+        self.backlog = backlog
+        self.connections: set[HttpConnection] = set()
+        self.router = Router(self)
+        self.registry = Registry()
+        self.responses = self.registry.add(Counter("otpserve_http_responses_total", "HTTP responses by status."))
+        self._server: asyncio.base_events.Server | None = None
+        self._sweeper: asyncio.Task | None = None
+
+    @property
+    def url(self) -> str:
+        """The base URL the server listens on."""
+        return f"http://{self.host}:{self.port}"
+
+    def count_status(self, status: int) -> None:
+        """Count one response by status code."""
+        self.responses.inc(labels=(("code", str(status)),))
+
+    def render_metrics(self) -> str:
+        """Prometheus text for the HTTP layer and every serving (labelled by model)."""
+        text = self.registry.render()
+        text += render_many([((("model", name),), s.metrics.registry) for name, s in self.servings.items()])
+        return text
+
+    async def start(self) -> HttpServer:
+        """Bind and start accepting connections; port 0 picks a free port (read it back from ``port``)."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: HttpConnection(self.router, loop),
+            self.host,
+            self.port,
+            backlog=self.backlog,
+            reuse_address=True,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._sweeper = asyncio.create_task(self._sweep(), name="otpserve-http-sweep")
+        return self
+
+    async def _sweep(self) -> None:
+        """Once a second, time out connections stuck mid-request (one timer for all, not one per request)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(1.0, self.request_timeout / 2))
+            now = loop.time()
+            for conn in list(self.connections):
+                conn.idle_check(now, self.request_timeout)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop accepting, give in-flight requests ``grace`` seconds, then close every connection."""
+        if self._server is None:
+            return
+        self._server.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while any(c.busy for c in self.connections) and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        await self._server.wait_closed()
+        self._server = None
+
+    async def __aenter__(self) -> HttpServer:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

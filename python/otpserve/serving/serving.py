@@ -1,0 +1,445 @@
+"""Serving: a model behind a batcher and supervised partitions (the Nx.Serving of otpserve).
+
+Mental model: callers ``submit`` rows; they wait in a bounded ``BatchQueue``; a batch is cut when it is
+full or ``batch_timeout`` after its first request, and only when a partition is free (so under load batches
+grow up to ``batch_size`` on their own); the partition's outputs are scattered back to the callers' futures.
+The partitions are children of an OTP ``Supervisor``: a worker process that dies is restarted, and the batch
+it held is re-run once on a live partition, so its callers still get their answers.
+
+Everything here runs on one asyncio loop; only the model runs elsewhere (a thread or a process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import threading
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from otpserve import telemetry
+from otpserve.errors import DeadlineExceeded, Overloaded, ServingStopped, ShapeError, WorkerCrashed
+from otpserve.metrics import BATCH_BUCKETS, LATENCY_BUCKETS, Counter, Gauge, Histogram, Registry
+from otpserve.otp import ChildSpec, Supervisor
+from otpserve.serving.batch_queue import DONE, Batch, BatchQueue, Request
+from otpserve.serving.options import ServingOptions
+from otpserve.serving.partition import Owner, Partition, ProcessPartition, ThreadPartition
+from otpserve.serving.worker import BufferLayout, _predict
+
+log = logging.getLogger("otpserve.serving")
+_instances = itertools.count(1)
+
+
+class ServingMetrics:
+    """The serving's Prometheus series (Triton's and BentoML's names where they fit)."""
+
+    def __init__(self, serving: Serving) -> None:
+        r = self.registry = Registry()
+        self.requests = r.add(Counter("otpserve_requests_total", "Inference requests by outcome."))
+        self.latency = r.add(
+            Histogram("otpserve_request_duration_seconds", "Time from submit to answer.", LATENCY_BUCKETS)
+        )
+        self.queue_time = r.add(
+            Histogram("otpserve_queue_duration_seconds", "Time from submit to a batch.", LATENCY_BUCKETS)
+        )
+        self.batch_size = r.add(Histogram("otpserve_batch_size", "Rows per executed batch.", BATCH_BUCKETS))
+        self.batches = r.add(Counter("otpserve_batches_total", "Batches executed (inference executions)."))
+        self.rows = r.add(Counter("otpserve_inference_rows_total", "Rows inferred (inference count)."))
+        self.restarts = r.add(Counter("otpserve_worker_restarts_total", "Worker restarts by the supervisor."))
+        self.reruns = r.add(Counter("otpserve_batch_reruns_total", "Batches re-run after their worker died."))
+        r.add(Gauge("otpserve_queue_depth", "Rows waiting for a batch.", lambda: serving.queue_depth))
+        r.add(Gauge("otpserve_workers_alive", "Partitions able to run batches.", lambda: serving.workers_alive))
+        r.add(Gauge("otpserve_workers", "Partitions configured.", lambda: len(serving.partitions)))
+
+
+class Serving(Owner):
+    """A model served batched by supervised partitions: ``await serving.run(x)`` returns its output."""
+
+    def __init__(self, model: Any, options: ServingOptions | None = None, *, name: str = "serving", **opts: Any):
+        if options is not None and opts:
+            raise TypeError("give either options= or keyword options, not both")
+        if options is None:
+            unknown = sorted(set(opts) - set(ServingOptions.names()))
+            if unknown:
+                raise TypeError(f"unknown Serving option(s) {unknown}; allowed: {ServingOptions.names()}")
+            options = ServingOptions(**opts)
+        self.options = options
+        self.name = name
+        self.model = model
+        self.layout = _layout_of(model, options.batch_size)
+        self.queue = BatchQueue(options.batch_size, options.max_queue)
+        self.metrics = ServingMetrics(self)
+        self.partitions: list[Partition] = []
+        self._free: list[Partition] = []
+        self._retry: deque[Batch] = deque()
+        self._due = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._supervisor: Supervisor | None = None
+        self._watch: asyncio.Task | None = None
+        self._accepting = False
+        self._up = asyncio.Event()  # set once a partition can take batches
+        self._idle = asyncio.Event()  # set while no batch is queued or running (for graceful stop)
+        self._handler_id = f"otpserve-serving-{id(self)}"
+        # Registered names are global, and two servings may share a name (tests, several servers).
+        self._supervisor_name = f"{name}.partitions.{next(_instances)}"
+
+    # ---- lifecycle -------------------------------------------------------------------------------------
+
+    async def start(self) -> Serving:
+        """Start the partitions under a supervisor; returns once at least one can take batches."""
+        self._loop = asyncio.get_running_loop()
+        opts = self.options
+        children = []
+        for i in range(opts.partitions):
+            if opts.isolation == "process":
+                part: Partition = ProcessPartition(
+                    i, self, self.layout, self.model, opts.worker_threads, opts.start_method
+                )
+                spec = ChildSpec(id=f"partition-{i}", start=part.start, shutdown=opts.shutdown)
+            else:
+                part = ThreadPartition(i, self, self.layout, self.model)
+                spec = ChildSpec.task(f"partition-{i}", part.serve, shutdown=opts.shutdown)
+            self.partitions.append(part)
+            children.append(spec)
+        telemetry.attach(self._handler_id, ("otpserve", "supervisor", "child", "restarted"), self._on_restart, None)
+        self._supervisor = Supervisor(
+            children,
+            strategy="one_for_one",
+            max_restarts=opts.max_restarts,
+            max_seconds=opts.max_seconds,
+            name=self._supervisor_name,
+        )
+        await self._supervisor.start()
+        self._watch = asyncio.create_task(self._watch_supervisor(), name=f"{self.name}.watch")
+        self._accepting = True
+        self._idle.set()
+        await self._up.wait()
+        if not self.ready:
+            await self.stop(drain=False)
+            raise ServingStopped(f"serving {self.name!r}: no worker could be started (see the log for why)")
+        return self
+
+    async def _watch_supervisor(self) -> None:
+        """If the partitions' supervisor gives up (restart intensity), fail what waits: nothing hangs."""
+        assert self._supervisor is not None
+        reason = await self._supervisor.wait()
+        if self._accepting:
+            log.error("serving %s: worker supervisor exited (%s); serving stops", self.name, reason)
+            self._accepting = False
+            self._fail_all(ServingStopped(f"serving {self.name!r} stopped: its workers' supervisor exited"))
+            self._up.set()
+
+    async def stop(self, drain: bool = True) -> None:
+        """Stop taking requests, let queued and running batches finish (``drain``), then stop the workers."""
+        if self._loop is None:
+            return
+        self._accepting = False
+        if drain and self.workers_alive:
+            self._due = True
+            self._dispatch()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), self.options.shutdown)
+        self._fail_all(ServingStopped(f"serving {self.name!r} stopped"))
+        telemetry.detach(self._handler_id)
+        if self._supervisor is not None:
+            await self._supervisor.stop()
+        if self._watch is not None:
+            await self._watch
+            self._watch = None
+        for part in self.partitions:
+            if isinstance(part, ProcessPartition):
+                part.shutdown()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._loop = None
+
+    async def __aenter__(self) -> Serving:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # ---- the request path ------------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """Whether a request submitted now can be served: accepting, with at least one live worker."""
+        return self._accepting and any(p.alive for p in self.partitions)
+
+    @property
+    def workers_alive(self) -> int:
+        """Partitions able to take batches."""
+        return sum(1 for p in self.partitions if p.alive)
+
+    @property
+    def queue_depth(self) -> int:
+        """Rows waiting for a batch."""
+        return self.queue.rows
+
+    def check_input(self, x: Any) -> np.ndarray:
+        """Return ``x`` as a batch of this model's rows (first axis = batch), or raise ShapeError."""
+        layout = self.layout
+        arr = np.asarray(x)
+        if arr.dtype != layout.input_dtype:
+            if arr.dtype.kind not in "biuf":
+                raise ShapeError(f"input dtype {arr.dtype} is not numeric; the model takes {layout.input_dtype}")
+            arr = arr.astype(layout.input_dtype)
+        if arr.shape[1:] != layout.input_shape or arr.ndim != len(layout.input_shape) + 1:
+            raise ShapeError(
+                f"input shape {arr.shape} does not match the model's (batch, {', '.join(map(str, layout.input_shape))})"
+            )
+        return arr
+
+    def submit(self, x: np.ndarray, timeout: float | None = None) -> Request:
+        """Queue a checked batch ``x`` and return its request (``request.fut`` gives the output)."""
+        loop = self._loop
+        if loop is None or not self._accepting:
+            raise ServingStopped(f"serving {self.name!r} is not running")
+        n = x.shape[0]
+        if not self.queue.has_room(n):
+            self.metrics.requests.inc(labels=(("outcome", "overloaded"),))
+            raise Overloaded(
+                f"serving {self.name!r}: queue full ({self.queue.rows} of {self.options.max_queue} rows queued)"
+            )
+        now = loop.time()
+        req = Request(loop.create_future(), x, now)
+        if n == 0:
+            req.fut.set_result(np.empty((0, *self.layout.output_shape), self.layout.output_dtype))
+            return req
+        if timeout is None:
+            timeout = self.options.default_timeout
+        if timeout is not None:
+            req.deadline_handle = loop.call_at(now + timeout, self._expire, req, timeout)
+        was_empty = self.queue.rows == 0
+        self.queue.put(req)
+        self._idle.clear()
+        if self.queue.rows >= self.options.batch_size:
+            self._due = True
+        elif was_empty and self._timer is None:
+            self._timer = loop.call_at(now + self.options.batch_timeout, self._timer_fired)
+        if self._free:
+            self._dispatch()
+        return req
+
+    def cancel(self, req: Request) -> None:
+        """The caller went away: drop its queued rows (no compute is spent on them)."""
+        if req.state == DONE:
+            return
+        self.queue.drop(req)
+        req.finish()
+        req.fut.cancel()
+        self.metrics.requests.inc(labels=(("outcome", "cancelled"),))
+        self._check_idle()
+
+    async def run(self, x: Any, timeout: float | None = None) -> np.ndarray:
+        """Run the model on batch ``x`` through the batcher; raises Overloaded, DeadlineExceeded, ShapeError."""
+        req = self.submit(self.check_input(x), timeout)
+        try:
+            return await req.fut
+        except asyncio.CancelledError:
+            self.cancel(req)
+            raise
+
+    def run_sync(self, x: Any, timeout: float | None = None) -> np.ndarray:
+        """The blocking twin of ``run``, for threads other than the serving's event loop."""
+        loop = self._loop
+        if loop is None:
+            raise ServingStopped(f"serving {self.name!r} is not running")
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            raise RuntimeError("run_sync would block the serving's own event loop; use `await serving.run(x)`")
+        return asyncio.run_coroutine_threadsafe(self.run(x, timeout), loop).result()
+
+    @contextlib.contextmanager
+    def start_in_thread(self) -> Iterator[Serving]:
+        """Run this serving on an event loop in a background thread, for blocking callers (``run_sync``)."""
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name=f"{self.name}-loop", daemon=True)
+        thread.start()
+        try:
+            asyncio.run_coroutine_threadsafe(self.start(), loop).result()
+            yield self
+        finally:
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(self.stop(), loop).result()
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join()
+            loop.close()
+
+    # ---- batching --------------------------------------------------------------------------------------
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        self._due = True
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Give batches to free partitions while there is work that may go."""
+        free, queue = self._free, self.queue
+        while free:
+            if self._retry:
+                batch = self._retry.popleft()
+                if not batch.live():
+                    continue
+            elif queue.rows and (self._due or queue.rows >= queue.batch_size):
+                batch = queue.cut()
+                if batch is None:
+                    break
+                self._due = False
+                self._arm_timer_for_head()
+                self._record_dispatch(batch)
+            else:
+                break
+            part = free.pop()
+            batch.started_at = self._loop.time()  # type: ignore[union-attr]
+            part.run(batch)
+
+    def _arm_timer_for_head(self) -> None:
+        """After a cut, the next batch is due batch_timeout after its own first request."""
+        if self.queue.rows == 0 or self._timer is not None:
+            return
+        head = self.queue.head()
+        if head is None:
+            return
+        self._timer = self._loop.call_at(  # type: ignore[union-attr]
+            head.enqueued_at + self.options.batch_timeout, self._timer_fired
+        )
+
+    def _record_dispatch(self, batch: Batch) -> None:
+        now = self._loop.time()  # type: ignore[union-attr]
+        m = self.metrics
+        for req, start, _ in batch.parts:
+            if start == 0:
+                m.queue_time.observe(now - req.enqueued_at)
+
+    def _expire(self, req: Request, timeout: float) -> None:
+        req.deadline_handle = None
+        if req.fut.done():
+            return
+        self.queue.drop(req)
+        req.finish()
+        req.fut.set_exception(DeadlineExceeded(f"request not answered within its deadline of {timeout:g} s"))
+        self.metrics.requests.inc(labels=(("outcome", "deadline_exceeded"),))
+        self._check_idle()
+
+    # ---- what partitions report ------------------------------------------------------------------------
+
+    def batch_done(self, part: Partition, batch: Batch, result: np.ndarray | BaseException) -> None:
+        """Scatter a batch's outputs (or its error) to its callers, then hand out more work."""
+        m = self.metrics
+        now = self._loop.time() if self._loop is not None else 0.0
+        if isinstance(result, BaseException):
+            for req, _, _ in batch.parts:
+                if not req.fut.done():
+                    req.finish()
+                    req.fut.set_exception(result)
+                    m.requests.inc(labels=(("outcome", "error"),))
+        else:
+            m.batches.inc()
+            m.rows.inc(batch.rows)
+            m.batch_size.observe(batch.rows)
+            outputs = result.astype(self.layout.output_dtype)  # a copy: the buffer is reused
+            row = 0
+            for req, start, count in batch.parts:
+                fut = req.fut
+                if not fut.done():
+                    if count == req.n:
+                        req.out = outputs[row : row + count]
+                    else:
+                        if req.out is None:
+                            req.out = np.empty((req.n, *outputs.shape[1:]), outputs.dtype)
+                        req.out[start : start + count] = outputs[row : row + count]
+                    req.pending -= count
+                    if req.pending == 0:
+                        req.finish()
+                        fut.set_result(req.out)
+                        m.requests.inc(labels=(("outcome", "success"),))
+                        m.latency.observe(now - req.enqueued_at)
+                row += count
+        if part.alive:
+            self._free.append(part)
+        self._dispatch()
+        self._check_idle()
+
+    def partition_up(self, part: Partition) -> None:
+        """A (re)started partition is ready: give it work."""
+        self._free.append(part)
+        self._up.set()
+        self._dispatch()
+
+    def partition_down(self, part: Partition, batch: Batch | None) -> None:
+        """A partition died: re-run the batch it held once on a live partition, or fail its callers."""
+        with contextlib.suppress(ValueError):
+            self._free.remove(part)
+        if batch is None or not batch.live():
+            self._check_idle()
+            return
+        batch.attempts += 1
+        if batch.attempts <= 1 and self._accepting:
+            self.metrics.reruns.inc()
+            log.warning(
+                "serving %s: partition %d died mid-batch; re-running its %d rows",
+                self.name,
+                part.index,
+                batch.rows,
+            )
+            self._retry.append(batch)
+            self._dispatch()
+        else:
+            err = WorkerCrashed(
+                f"serving {self.name!r}: the worker died running this batch twice "
+                f"({batch.rows} rows); not retried again"
+            )
+            self.batch_done(part, batch, err)
+
+    def _on_restart(self, event: tuple, measurements: dict, metadata: dict, config: Any) -> None:
+        if metadata.get("supervisor") == self._supervisor_name:
+            self.metrics.restarts.inc()
+
+    def _check_idle(self) -> None:
+        if self.queue.rows == 0 and not self._retry and all(p.batch is None for p in self.partitions):
+            self._idle.set()
+
+    def _fail_all(self, err: Exception) -> None:
+        for req in self.queue.drain():
+            req.finish()
+            req.fut.set_exception(err)
+        while self._retry:
+            for req, _, _ in self._retry.popleft().parts:
+                if not req.fut.done():
+                    req.finish()
+                    req.fut.set_exception(err)
+        self._check_idle()
+
+
+def _layout_of(model: Any, batch_size: int) -> BufferLayout:
+    """Read the model's row shapes and dtypes; probe its output with one zero row if it does not say."""
+    input_shape = getattr(model, "input_shape", None)
+    if input_shape is None:
+        raise TypeError(
+            "Serving needs the model's per-row input shape: give the model an `input_shape` attribute "
+            "(e.g. wrap a function in otpserve.models.FunctionModel(fn, input_shape=(784,), ...))"
+        )
+    input_shape = tuple(int(d) for d in input_shape)
+    input_dtype = np.dtype(getattr(model, "input_dtype", np.float32))
+    output_shape = getattr(model, "output_shape", None)
+    # Outputs travel as float32 unless the model says otherwise (the kernel computes in float32).
+    output_dtype = getattr(model, "output_dtype", np.float32)
+    if output_shape is None:
+        output_shape = np.asarray(_predict(model, np.zeros((1, *input_shape), input_dtype))).shape[1:]
+    return BufferLayout(
+        batch_size=batch_size,
+        input_shape=input_shape,
+        input_dtype=input_dtype.str,
+        output_shape=tuple(int(d) for d in output_shape),
+        output_dtype=np.dtype(output_dtype).str,
+    )

@@ -1,0 +1,102 @@
+"""The body of a process partition: an OS process that runs batches from shared memory.
+
+The server process writes a batch's rows into the shared buffer and sends the row count over a pipe; the
+worker runs the model on that view in place (zero-copy into the kernel), writes the outputs after the
+inputs in the same buffer and answers with one short message. Nothing but a few bytes is pickled per batch.
+
+Messages, worker -> server: ``R`` ready; ``O`` batch done; ``E<text>`` the model raised (the worker lives on).
+Messages, server -> worker: the row count as 4 little-endian bytes. EOF on the pipe means the other side died.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class BufferLayout:
+    """Where a partition's inputs and outputs live in its shared buffer (byte offsets and shapes)."""
+
+    batch_size: int
+    input_shape: tuple[int, ...]
+    input_dtype: str
+    output_shape: tuple[int, ...]
+    output_dtype: str
+
+    @property
+    def input_bytes(self) -> int:
+        """Bytes of the input region."""
+        return self.batch_size * int(np.prod(self.input_shape, dtype=np.int64)) * np.dtype(self.input_dtype).itemsize
+
+    @property
+    def output_bytes(self) -> int:
+        """Bytes of the output region."""
+        return self.batch_size * int(np.prod(self.output_shape, dtype=np.int64)) * np.dtype(self.output_dtype).itemsize
+
+    @property
+    def size(self) -> int:
+        """Bytes of the whole buffer (at least one page, so mmap accepts it)."""
+        return max(mmap.PAGESIZE, self.input_bytes + self.output_bytes)
+
+    def views(self, buf: Any) -> tuple[np.ndarray, np.ndarray]:
+        """The input and output arrays over ``buf`` (an mmap)."""
+        inputs = np.ndarray((self.batch_size, *self.input_shape), dtype=self.input_dtype, buffer=buf, offset=0)
+        outputs = np.ndarray(
+            (self.batch_size, *self.output_shape),
+            dtype=self.output_dtype,
+            buffer=buf,
+            offset=self.input_bytes,
+        )
+        return inputs, outputs
+
+
+def open_shared(path: str, size: int) -> mmap.mmap:
+    """Map the shared buffer file at ``path`` (created by the server with ``size`` bytes)."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        return mmap.mmap(fd, size)
+    finally:
+        os.close(fd)
+
+
+def _predict(model: Any, batch: np.ndarray) -> np.ndarray:
+    predict = getattr(model, "predict", None)
+    return predict(batch) if predict is not None else model(batch)
+
+
+def worker_main(model: Any, conn: Connection, path: str, layout: BufferLayout, threads: int) -> None:
+    """Serve batches until the pipe closes; any exception from the model is reported, not fatal."""
+    try:
+        from otpserve import kernel
+
+        kernel.set_num_threads(threads)
+    except (ImportError, AttributeError):  # a model without the kernel still runs
+        pass
+    buf = open_shared(path, layout.size)
+    inputs, outputs = layout.views(buf)
+    conn.send_bytes(b"R")
+    while True:
+        try:
+            msg = conn.recv_bytes()
+        except (EOFError, OSError):
+            return  # the server is gone or closed the pipe: stop quietly
+        n = int.from_bytes(msg[:4], "little")
+        try:
+            y = np.asarray(_predict(model, inputs[:n]))
+            if y.shape != (n, *layout.output_shape):
+                raise ValueError(
+                    f"model returned shape {y.shape} for a batch of {n}; expected {(n, *layout.output_shape)}"
+                )
+            outputs[:n] = y
+        except Exception as exc:
+            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            conn.send_bytes(b"E" + detail.encode("utf-8", "replace"))
+            continue
+        conn.send_bytes(b"O")

@@ -1,0 +1,366 @@
+"""The HTTP face: KServe v2 routes, the binary extension, bad input, overload, deadlines, disconnects, fuzz."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import random
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+from _models import affine
+from otpserve.http import HttpServer
+from otpserve.models import FunctionModel
+from otpserve.serving import Serving
+
+
+class Gated:
+    """A 4 -> 3 model that can be held at a gate (to fill queues and pass deadlines)."""
+
+    input_shape = (4,)
+    output_shape = (3,)
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.gate.set()
+        self.rows = 0
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        self.gate.wait(10)
+        self.rows += len(x)
+        return affine(x)
+
+
+@contextmanager
+def running_server(model=None, **opts) -> Iterator[tuple[int, Serving, HttpServer]]:
+    """A Serving + HttpServer on an event loop in a background thread, on a free port."""
+    model = model or FunctionModel(affine, input_shape=(4,), output_shape=(3,))
+    http_opts = {k: opts.pop(k) for k in ("max_body", "request_timeout") if k in opts}
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    async def start():
+        serving = await Serving(model, batch_timeout=0.001, **opts).start()
+        server = await HttpServer({"tiny": serving}, "127.0.0.1", 0, **http_opts).start()
+        return serving, server
+
+    serving, server = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
+    try:
+        yield server.port, serving, server
+    finally:
+
+        async def stop():
+            await server.stop(grace=1.0)
+            await serving.stop()
+
+        asyncio.run_coroutine_threadsafe(stop(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def request(port, method, path, body=None, headers=None):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read()
+    finally:
+        conn.close()
+
+
+def infer_body(x: np.ndarray, **extra) -> bytes:
+    tensor = {"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}
+    return json.dumps({"inputs": [tensor], **extra}).encode()
+
+
+def raw_exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send raw bytes, read until the server closes or goes quiet."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        chunks = []
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except TimeoutError:
+            pass
+        return b"".join(chunks)
+
+
+X = (np.arange(8, dtype=np.float32).reshape(2, 4) - 3) / 5
+
+
+@pytest.fixture(scope="module")
+def port():
+    with running_server(batch_size=8) as (port, _, _):
+        yield port
+
+
+def test_health_live_ready_and_metadata(port):
+    assert request(port, "GET", "/v2/health/live")[0] == 200
+    status, _, body = request(port, "GET", "/v2/health/ready")
+    assert status == 200 and json.loads(body) == {"ready": True}
+    status, _, body = request(port, "GET", "/v2/models/tiny")
+    meta = json.loads(body)
+    assert status == 200
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}]
+    assert meta["outputs"] == [{"name": "output", "datatype": "FP32", "shape": [-1, 3]}]
+    assert request(port, "GET", "/v2/models/tiny/ready")[0] == 200
+    assert "binary_tensor_data" in json.loads(request(port, "GET", "/v2")[2])["extensions"]
+
+
+def test_json_inference_returns_v2_outputs_and_echoes_the_id(port):
+    status, _, body = request(port, "POST", "/v2/models/tiny/infer", infer_body(X, id="req-7"))
+    assert status == 200
+    out = json.loads(body)
+    assert out["id"] == "req-7" and out["model_name"] == "tiny"
+    (tensor,) = out["outputs"]
+    assert tensor["shape"] == [2, 3] and tensor["datatype"] == "FP32"
+    np.testing.assert_allclose(np.array(tensor["data"]).reshape(2, 3), affine(X), rtol=1e-6)
+
+
+def test_nested_json_data_is_accepted(port):
+    body = json.dumps({"inputs": [{"name": "input", "shape": [2, 4], "datatype": "FP32", "data": X.tolist()}]})
+    status, _, resp = request(port, "POST", "/v2/models/tiny/infer", body.encode())
+    assert status == 200
+    np.testing.assert_allclose(np.array(json.loads(resp)["outputs"][0]["data"]).reshape(2, 3), affine(X), rtol=1e-6)
+
+
+def test_binary_tensor_extension_in_and_out(port):
+    raw = X.astype("<f4").tobytes()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [2, 4],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ],
+            "outputs": [{"name": "output", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    status, headers, body = request(
+        port,
+        "POST",
+        "/v2/models/tiny/infer",
+        header + raw,
+        {"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"},
+    )
+    assert status == 200, body
+    n = int(headers["inference-header-content-length"])
+    meta = json.loads(body[:n])
+    assert meta["outputs"][0]["parameters"]["binary_data_size"] == 24
+    np.testing.assert_allclose(np.frombuffer(body[n:], "<f4").reshape(2, 3), affine(X), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "fragment"),
+    [
+        (
+            b'{"inputs": [{"name": "input", "shape": [1, 5], "datatype": "FP32", "data": [1,2,3,4,5]}]}',
+            {},
+            400,
+            "(1, 5)",
+        ),
+        (
+            b'{"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1,2,3]}]}',
+            {},
+            400,
+            "shape",
+        ),
+        (
+            b'{"inputs": [{"name": "input", "shape": [1, 4], "datatype": "BYTES", "data": ["a","b","c","d"]}]}',
+            {},
+            400,
+            "numeric",
+        ),
+        (
+            b'{"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1,"x",3,4]}]}',
+            {},
+            400,
+            "input",
+        ),
+        (b'{"inputs": [{"name": "input", "shape": [1, 4], "datatype"', {}, 400, "invalid inference request"),
+        (b'{"outputs": []}', {}, 400, "inputs"),
+        (b"not json at all", {}, 400, "invalid"),
+        (b'{"inputs": []}', {}, 400, "exactly 1 input"),
+        (infer_body(X), {"X-Request-Timeout": "soon"}, 400, "X-Request-Timeout"),
+        (infer_body(X), {"Inference-Header-Content-Length": "99999"}, 400, "outside the body"),
+        (b"{}" + b"\0" * 8, {"Inference-Header-Content-Length": "2"}, 400, "inputs"),
+    ],
+)
+def test_bad_inference_requests_get_400_naming_the_problem(port, body, headers, status, fragment):
+    got, _, resp = request(port, "POST", "/v2/models/tiny/infer", body, headers)
+    assert got == status, resp
+    assert fragment in json.loads(resp)["error"]
+
+
+def test_unknown_model_route_and_method_get_404_and_405(port):
+    status, _, body = request(port, "POST", "/v2/models/nope/infer", infer_body(X))
+    assert status == 404 and "unknown model 'nope'" in json.loads(body)["error"]
+    assert request(port, "GET", "/nowhere")[0] == 404
+    assert request(port, "GET", "/v2/models/tiny/infer")[0] == 405
+    assert request(port, "POST", "/v2/health/live", b"")[0] == 405
+
+
+def test_body_over_the_limit_gets_413_before_it_is_read():
+    with running_server(batch_size=4, max_body=1000) as (port, _, _):
+        reply = raw_exchange(
+            port,
+            b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n\r\n" + b"x" * 100,
+        )
+        assert reply.startswith(b"HTTP/1.1 413")
+        assert b"over the limit of 1000 bytes" in reply
+
+
+def test_lying_content_length_gets_408_and_the_server_keeps_answering():
+    with running_server(batch_size=4, request_timeout=0.5) as (port, _, _):
+        t0 = time.monotonic()
+        reply = raw_exchange(port, b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n{", 5)
+        assert reply.startswith(b"HTTP/1.1 408") and time.monotonic() - t0 < 4
+        assert request(port, "POST", "/v2/models/tiny/infer", infer_body(X))[0] == 200
+
+
+def test_malformed_http_gets_400_and_closes():
+    with running_server(batch_size=4) as (port, _, _):
+        assert raw_exchange(port, b"GARBAGE\x00\x01 / HTTP/9\r\n\r\n").startswith(b"HTTP/1.1 400")
+        assert request(port, "GET", "/v2/health/live")[0] == 200
+
+
+def test_full_queue_gets_503_with_retry_after_at_once():
+    model = Gated()
+    model.gate.clear()
+    with running_server(model, batch_size=1, max_queue=1) as (port, _, _):
+        held = [threading.Thread(target=request, args=(port, "POST", "/v2/models/tiny/infer", infer_body(X[:1])))]
+        held.append(threading.Thread(target=request, args=(port, "POST", "/v2/models/tiny/infer", infer_body(X[:1]))))
+        for t in held:
+            t.start()
+            time.sleep(0.2)  # first one runs (blocked), second one queues
+        t0 = time.monotonic()
+        status, headers, body = request(port, "POST", "/v2/models/tiny/infer", infer_body(X[:1]))
+        elapsed = time.monotonic() - t0
+        model.gate.set()
+        for t in held:
+            t.join(10)
+        assert status == 503 and headers.get("retry-after") == "1"
+        assert "queue full" in json.loads(body)["error"]
+        assert elapsed < 1.0
+
+
+def test_deadline_passed_in_queue_gets_504_and_no_compute():
+    model = Gated()
+    model.gate.clear()
+    with running_server(model, batch_size=1) as (port, _, _):
+        blocker = threading.Thread(target=request, args=(port, "POST", "/v2/models/tiny/infer", infer_body(X[:1])))
+        blocker.start()
+        time.sleep(0.2)
+        status, _, body = request(port, "POST", "/v2/models/tiny/infer", infer_body(X), {"X-Request-Timeout": "0.2"})
+        model.gate.set()
+        blocker.join(10)
+        assert status == 504 and "deadline" in json.loads(body)["error"]
+        time.sleep(0.1)
+        assert model.rows == 1  # only the blocker's row was computed
+
+
+def test_client_disconnect_cancels_its_queued_request():
+    model = Gated()
+    model.gate.clear()
+    with running_server(model, batch_size=1) as (port, serving, _):
+        blocker = threading.Thread(target=request, args=(port, "POST", "/v2/models/tiny/infer", infer_body(X[:1])))
+        blocker.start()
+        time.sleep(0.2)
+        body = infer_body(X)
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(
+                b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+            )
+            time.sleep(0.2)
+            assert serving.queue_depth == 2
+        time.sleep(0.3)
+        assert serving.queue_depth == 0
+        assert serving.metrics.requests.get((("outcome", "cancelled"),)) == 1
+        model.gate.set()
+        blocker.join(10)
+        assert model.rows == 1
+
+
+def test_metrics_expose_requests_latency_queue_batches_and_workers(port):
+    request(port, "POST", "/v2/models/tiny/infer", infer_body(X))
+    status, headers, body = request(port, "GET", "/metrics")
+    text = body.decode()
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    for name in (
+        'otpserve_requests_total{model="tiny",outcome="success"}',
+        "otpserve_request_duration_seconds_bucket",
+        "otpserve_queue_duration_seconds_count",
+        'otpserve_queue_depth{model="tiny"} 0',
+        "otpserve_batch_size_bucket",
+        "otpserve_batches_total",
+        'otpserve_workers_alive{model="tiny"} 1',
+        "otpserve_worker_restarts_total",
+        'otpserve_http_responses_total{code="200"}',
+    ):
+        assert name in text, name
+
+
+def test_pipelined_requests_are_answered_in_order(port):
+    a, b = infer_body(X[:1], id="a"), infer_body(X[1:], id="b")
+    data = b"".join(
+        b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(p), p) for p in (a, b)
+    )
+    data += b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    reply = raw_exchange(port, data)
+    assert reply.count(b"HTTP/1.1 200") == 3
+    assert reply.index(b'"id":"a"') < reply.index(b'"id":"b"') < reply.index(b'{"live":true}')
+
+
+def test_fuzzed_requests_never_get_500_and_the_server_still_answers_correctly():
+    rng = random.Random(1234)
+    valid = b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+    body = infer_body(X, id="fuzz")
+    statuses: dict[int, int] = {}
+    with running_server(batch_size=8, request_timeout=0.3) as (port, _, _):
+        for i in range(200):
+            kind = i % 5
+            if kind == 1 and i % 25 != 1:  # each lying length costs request_timeout; a few suffice
+                kind = 0
+            payload = bytearray(body)
+            if kind == 0:  # flip bytes in the body, keep the length honest
+                for _ in range(rng.randrange(1, 6)):
+                    payload[rng.randrange(len(payload))] = rng.randrange(256)
+                data = valid % (len(payload), bytes(payload))
+            elif kind == 1:  # truncate the body but declare it whole (a lying Content-Length)
+                data = valid % (len(payload), bytes(payload[: rng.randrange(len(payload))]))
+            elif kind == 2:  # random bytes as the whole request
+                data = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200)))
+            elif kind == 3:  # mangle the request head
+                head = bytearray(valid % (len(payload), b""))
+                for _ in range(3):
+                    head[rng.randrange(len(head))] = rng.randrange(256)
+                data = bytes(head) + bytes(payload)
+            else:  # a datatype or shape the model cannot take
+                data = valid % (
+                    len(payload),
+                    bytes(payload).replace(b"FP32", rng.choice([b"BOOL", b"FP64", b"XX"])),
+                )
+            reply = raw_exchange(port, data, timeout=2.0)
+            if reply:
+                code = int(reply[9:12])
+                statuses[code] = statuses.get(code, 0) + 1
+                assert code < 500, reply[:300]
+        status, _, resp = request(port, "POST", "/v2/models/tiny/infer", body)
+        assert status == 200
+        np.testing.assert_allclose(np.array(json.loads(resp)["outputs"][0]["data"]).reshape(2, 3), affine(X), rtol=1e-6)
+    assert statuses.get(400, 0) > 50
