@@ -44,7 +44,7 @@ def example_body(model: MLP) -> bytes:
         with contextlib.suppress(Exception):
             from otpserve.train.data import load_digits_dataset
 
-            x = load_digits_dataset(seed=0).x_test[:1].astype(np.float32)
+            x = load_digits_dataset(seed=0).heldout_x[:1].astype(np.float32)
     tensor = {"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}
     return orjson.dumps({"inputs": [tensor]})
 

@@ -2,7 +2,7 @@
 
     otpserve train [--out DIR] [--data DIR] [--epochs N] [--seed S]   fit the reference MLP, save it
     otpserve predict MODEL FILE [--invert] [--top K]                  print the class of a .png or .npy
-    otpserve serve | bench | demo                                      (added by the serving/bench layers)
+    otpserve serve [MODEL] [--host H] [--port P] [--isolation I] ...  serve it over HTTP (KServe v2)
 
 Each subcommand is a ``_add_<name>(subparsers)`` function that registers its parser and handler; heavy
 imports (scikit-learn, the serving stack) happen inside the handler so ``otpserve --help`` stays fast.
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_train(subparsers)
     _add_predict(subparsers)
-    # --- serve, bench, demo: registered here by the serving and benchmark layers: _add_serve(subparsers) ...
+    _add_serve(subparsers)
     return parser
 
 
@@ -56,12 +56,8 @@ def _add_train(subparsers) -> None:
     )
     p.add_argument("--out", type=Path, help="artifact folder to write (default: $OTPSERVE_HOME/models/mlp)")
     p.add_argument("--data", type=Path, help="folder with MNIST IDX files (train-/t10k- images and labels)")
-    p.add_argument(
-        "--epochs", type=_positive_int, help="passes over the training set (default: 30 digits, 10 MNIST)"
-    )
-    p.add_argument(
-        "--seed", type=int, default=0, help="seed for initialisation, split and order (default: 0)"
-    )
+    p.add_argument("--epochs", type=_positive_int, help="passes over the training set (default: 30 digits, 10 MNIST)")
+    p.add_argument("--seed", type=int, default=0, help="seed for initialisation, split and order (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=_run_train)
 
@@ -98,15 +94,9 @@ def _add_predict(subparsers) -> None:
         description="Run MODEL on FILE and print one class per image. Images should show light ink on a dark "
         "background, as MNIST does; use --invert for dark ink on white.",
     )
-    p.add_argument(
-        "model", type=Path, metavar="MODEL", help="artifact folder (e.g. $OTPSERVE_HOME/models/mlp)"
-    )
-    p.add_argument(
-        "file", type=Path, metavar="FILE", help=".png/.jpg image, or .npy array of one or more images"
-    )
-    p.add_argument(
-        "--invert", action="store_true", help="invert the image first (dark ink on light background)"
-    )
+    p.add_argument("model", type=Path, metavar="MODEL", help="artifact folder (e.g. $OTPSERVE_HOME/models/mlp)")
+    p.add_argument("file", type=Path, metavar="FILE", help=".png/.jpg image, or .npy array of one or more images")
+    p.add_argument("--invert", action="store_true", help="invert the image first (dark ink on light background)")
     p.add_argument("--top", type=int, default=0, metavar="K", help="also print the K most likely classes")
     p.set_defaults(handler=_run_predict)
 
@@ -131,6 +121,53 @@ def _run_predict(args: argparse.Namespace) -> int:
         else:
             print(labels[best])
     return 0
+
+
+# --- serve -----------------------------------------------------------------------------------------------
+
+
+def _add_serve(subparsers) -> None:
+    from otpserve.serving.options import ServingOptions, default_partitions
+
+    d = ServingOptions()
+    p = subparsers.add_parser(
+        "serve",
+        help="serve a model over HTTP (KServe v2), batched and supervised",
+        description="Serve MODEL (default: the default artifact, trained first if missing) over the KServe v2 "
+        "REST API, batched by a supervised Serving.",
+    )
+    p.add_argument("model", nargs="?", type=Path, help="artifact folder (default: $OTPSERVE_HOME/models/mlp)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--isolation", choices=["process", "thread"], default="process", help="default: process")
+    p.add_argument("--partitions", type=_positive_int, default=default_partitions(), help="workers (default: cores-1)")
+    p.add_argument("--batch-size", type=_positive_int, default=d.batch_size, help=f"default {d.batch_size}")
+    p.add_argument("--batch-timeout", type=float, default=d.batch_timeout, help=f"seconds, default {d.batch_timeout}")
+    p.add_argument(
+        "--max-queue",
+        type=_positive_int,
+        default=None,
+        help="rows waiting at most before 503 (default: 2 full batches per worker, which bounds queueing time)",
+    )
+    p.add_argument(
+        "--timeout", type=float, default=d.default_timeout, help=f"default request deadline, s ({d.default_timeout})"
+    )
+    p.set_defaults(handler=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from otpserve.app import run
+    from otpserve.serving import ServingOptions
+
+    options = ServingOptions(
+        isolation=args.isolation,
+        partitions=args.partitions,
+        batch_size=args.batch_size,
+        batch_timeout=args.batch_timeout,
+        max_queue=args.max_queue or 2 * args.batch_size * args.partitions,
+        default_timeout=args.timeout,
+    )
+    return run(args.model, args.host, args.port, options)
 
 
 if __name__ == "__main__":

@@ -87,8 +87,8 @@ class BatchQueue:
         return self.rows
 
     def has_room(self, n: int) -> bool:
-        """Whether ``n`` more rows fit under max_queue."""
-        return self.rows + n <= self.max_queue
+        """Whether ``n`` more rows fit under max_queue (an empty queue takes any request, so none starves)."""
+        return self.rows == 0 or self.rows + n <= self.max_queue
 
     def put(self, req: Request) -> None:
         """Append a request (the caller checked ``has_room``)."""
