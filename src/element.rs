@@ -1,0 +1,114 @@
+//! The two element types the kernel computes in, behind one small trait so that every compute
+//! function is written once.
+
+use core::fmt::Debug;
+use core::ops::{Add, Div, Mul, Sub};
+
+use crate::small_batch::DenseProblem;
+
+/// `f32` or `f64`: what the compute functions need from an element type.
+pub trait Float:
+    Copy
+    + Debug
+    + Default
+    + PartialOrd
+    + Send
+    + Sync
+    + 'static
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+{
+    const ZERO: Self;
+    const ONE: Self;
+    /// How many accumulator elements the small-batch kernel may keep live at once: eight AVX
+    /// registers' worth, leaving the other eight for loads and broadcasts.
+    const ACC_BUDGET: usize;
+    /// numpy's name for the type, for error messages.
+    const NAME: &'static str;
+
+    fn exp(self) -> Self;
+    fn is_nan(self) -> bool;
+    /// `self * a + b`, rounded once; only called where the FMA instruction is known to exist.
+    fn mul_add(self, a: Self, b: Self) -> Self;
+
+    /// `c = a @ b` on raw row-major pointers through matrixmultiply (its own runtime SIMD dispatch).
+    ///
+    /// # Safety
+    /// `a`, `b`, `c` must point to (m, k), (k, n), (m, n) row-major matrices; `c` exclusive.
+    unsafe fn gemm_raw(m: usize, k: usize, n: usize, a: *const Self, b: *const Self, c: *mut Self);
+
+    /// The AVX2+FMA small-batch kernel for this type; returns the first column it left undone.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; the slices must match the problem's dimensions.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn dense_avx2(p: &DenseProblem<'_, Self>, out: &mut [Self]) -> usize;
+}
+
+impl Float for f32 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    const ACC_BUDGET: usize = 64;
+    const NAME: &'static str = "float32";
+
+    #[inline(always)]
+    fn exp(self) -> Self {
+        f32::exp(self)
+    }
+    #[inline(always)]
+    fn is_nan(self) -> bool {
+        f32::is_nan(self)
+    }
+    #[inline(always)]
+    fn mul_add(self, a: Self, b: Self) -> Self {
+        f32::mul_add(self, a, b)
+    }
+    unsafe fn gemm_raw(m: usize, k: usize, n: usize, a: *const Self, b: *const Self, c: *mut Self) {
+        let (k_, n_) = (k as isize, n as isize);
+        matrixmultiply::sgemm(m, k, n, 1.0, a, k_, 1, b, n_, 1, 0.0, c, n_, 1);
+    }
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn dense_avx2(p: &DenseProblem<'_, Self>, out: &mut [Self]) -> usize {
+        crate::small_batch_x86::dense(p, out)
+    }
+}
+
+impl Float for f64 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    const ACC_BUDGET: usize = 32;
+    const NAME: &'static str = "float64";
+
+    #[inline(always)]
+    fn exp(self) -> Self {
+        f64::exp(self)
+    }
+    #[inline(always)]
+    fn is_nan(self) -> bool {
+        f64::is_nan(self)
+    }
+    #[inline(always)]
+    fn mul_add(self, a: Self, b: Self) -> Self {
+        f64::mul_add(self, a, b)
+    }
+    unsafe fn gemm_raw(m: usize, k: usize, n: usize, a: *const Self, b: *const Self, c: *mut Self) {
+        let (k_, n_) = (k as isize, n as isize);
+        matrixmultiply::dgemm(m, k, n, 1.0, a, k_, 1, b, n_, 1, 0.0, c, n_, 1);
+    }
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn dense_avx2(p: &DenseProblem<'_, Self>, out: &mut [Self]) -> usize {
+        crate::small_batch_x86::dense(p, out)
+    }
+}
+
+/// ReLU that lets NaN through, as `np.maximum(h, 0)` does (`f32::max` would turn NaN into 0).
+#[inline(always)]
+pub fn relu<T: Float>(v: T) -> T {
+    if v < T::ZERO {
+        T::ZERO
+    } else {
+        v
+    }
+}

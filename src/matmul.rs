@@ -1,0 +1,118 @@
+//! Matrix product on row-major slices: matrixmultiply's packed, runtime-dispatched SIMD kernels for
+//! real work, split into row bands over the kernel's rayon pool; the small-batch kernel for a few rows.
+//!
+//! matrixmultiply rather than the `gemm` crate: measured on this project's 2-core AVX2 machine,
+//! single-threaded sgemm ran at 0.8-0.9x OpenBLAS against gemm 0.19's 0.5x, and it compiles in seconds.
+
+use crate::element::Float;
+use crate::small_batch::{self, DenseProblem};
+use crate::threads;
+
+/// Below this many multiply-adds, handing work to the pool costs more than it saves.
+const PARALLEL_MIN_WORK: usize = 1 << 21;
+const BANDS_PER_THREAD: usize = 4;
+
+/// `out = a @ b`: `a` is (m, k), `b` is (k, n), `out` is (m, n), all row-major.
+pub fn matmul<T: Float>(a: &[T], b: &[T], out: &mut [T], m: usize, k: usize, n: usize) {
+    assert_eq!(a.len(), m * k, "a length");
+    assert_eq!(b.len(), k * n, "b length");
+    assert_eq!(out.len(), m * n, "out length");
+    if m <= small_batch::MAX_ROWS {
+        let p = DenseProblem {
+            x: a,
+            w: b,
+            bias: None,
+            m,
+            k,
+            n,
+            relu: false,
+        };
+        small_batch::dense(&p, out);
+    } else {
+        gemm_into(a, b, out, m, k, n);
+    }
+}
+
+/// `out = a @ b` through the GEMM library, on the kernel's pool when the product is large enough.
+pub(crate) fn gemm_into<T: Float>(a: &[T], b: &[T], out: &mut [T], m: usize, k: usize, n: usize) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        out.fill(T::ZERO);
+        return;
+    }
+    let pool = threads::pool();
+    let threads = pool.current_num_threads();
+    if threads == 1 || m * n * k < PARALLEL_MIN_WORK {
+        // SAFETY: slice lengths were asserted by the callers to match the dimensions.
+        unsafe { T::gemm_raw(m, k, n, a.as_ptr(), b.as_ptr(), out.as_mut_ptr()) };
+        return;
+    }
+    // Row bands, a few per thread so that a thread slowed by a noisy neighbour is balanced by the
+    // others stealing; each band repacks `b`, which costs 1/band of its compute, so bands stay >= 64 rows.
+    let band = (m.div_ceil(threads * BANDS_PER_THREAD)).max(64).div_ceil(8) * 8;
+    pool.install(|| {
+        use rayon::prelude::*;
+        out.par_chunks_mut(band * n)
+            .zip(a.par_chunks(band * k))
+            .for_each(|(o, a)| {
+                let rows = o.len() / n;
+                // SAFETY: `a` holds `rows` rows of k, `o` holds `rows` rows of n, `b` is (k, n).
+                unsafe { T::gemm_raw(rows, k, n, a.as_ptr(), b.as_ptr(), o.as_mut_ptr()) };
+            });
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_exercise() {
+        let mut out = [0.0f64; 4];
+        matmul(
+            &[1.0, 2.0, 3.0, 4.0],
+            &[5.0, 6.0, 7.0, 8.0],
+            &mut out,
+            2,
+            2,
+            2,
+        );
+        assert_eq!(out, [19.0, 22.0, 43.0, 50.0]);
+    }
+
+    #[test]
+    fn large_product_matches_the_small_path_and_zero_inner_dimension_gives_zeros() {
+        let (m, k, n) = (67, 131, 45);
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32) - 6.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i * 5 % 11) as f32) - 5.0).collect();
+        let mut big = vec![0f32; m * n];
+        matmul(&a, &b, &mut big, m, k, n);
+        // Row by row through the small-batch kernel: integers, so both must be exact.
+        for i in 0..m {
+            let mut row = vec![0f32; n];
+            matmul(&a[i * k..(i + 1) * k], &b, &mut row, 1, k, n);
+            assert_eq!(&big[i * n..(i + 1) * n], &row[..]);
+        }
+        let mut out = vec![f64::NAN; 6];
+        matmul(&[], &[], &mut out, 2, 0, 3);
+        assert_eq!(out, vec![0.0; 6]);
+        matmul::<f64>(&[], &[], &mut [], 0, 4, 0);
+    }
+
+    #[test]
+    fn parallel_product_is_exact_on_integers() {
+        let (m, k, n) = (300, 200, 100);
+        let a: Vec<f64> = (0..m * k).map(|i| (i % 7) as f64).collect();
+        let b: Vec<f64> = (0..k * n).map(|i| (i % 5) as f64).collect();
+        let mut out = vec![0f64; m * n];
+        matmul(&a, &b, &mut out, m, k, n);
+        for i in [0, 150, 299] {
+            for j in [0, 50, 99] {
+                let want: f64 = (0..k).map(|kk| a[i * k + kk] * b[kk * n + j]).sum();
+                assert_eq!(out[i * n + j], want);
+            }
+        }
+    }
+}
