@@ -96,9 +96,7 @@ def test_changed_weights_are_a_hash_mismatch_naming_the_file(artifact):
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0x01  # flip one bit of the last float: still a valid file, different hash
     weights.write_bytes(bytes(data))
-    with pytest.raises(
-        WeightsHashMismatch, match=r"model.safetensors: SHA-256 mismatch: manifest says [0-9a-f]{64}"
-    ):
+    with pytest.raises(WeightsHashMismatch, match=r"model.safetensors: SHA-256 mismatch: manifest says [0-9a-f]{64}"):
         MLP.load(artifact)
 
 
@@ -128,9 +126,7 @@ def test_tensor_shape_disagreeing_with_manifest_is_named(artifact):
     tensors = MLP(small_layers()).tensors()
     tensors["layers.0.weight"] = np.zeros((6, 4), np.float32)
     rewrite_weights(artifact, tensors)
-    with pytest.raises(
-        TensorShapeMismatch, match=r"'layers.0.weight' has shape \[6, 4\], manifest says \[6, 5\]"
-    ):
+    with pytest.raises(TensorShapeMismatch, match=r"'layers.0.weight' has shape \[6, 4\], manifest says \[6, 5\]"):
         MLP.load(artifact)
 
 
@@ -143,10 +139,7 @@ def test_architecture_disagreeing_with_consistent_tensors_is_a_shape_mismatch(ar
 
 
 def test_wrong_tensor_dtype_is_named(artifact):
-    tensors = {
-        k: v.astype(np.float64) if k == "layers.0.bias" else v
-        for k, v in MLP(small_layers()).tensors().items()
-    }
+    tensors = {k: v.astype(np.float64) if k == "layers.0.bias" else v for k, v in MLP(small_layers()).tensors().items()}
     rewrite_weights(artifact, tensors)
     with pytest.raises(WeightsCorrupt, match=r"'layers.0.bias' has dtype float64, manifest says float32"):
         MLP.load(artifact)

@@ -71,17 +71,13 @@ def test_kernel_logits_match_scikit_learns_within_1e4_and_argmax_exactly(small_d
     np.testing.assert_array_equal(ours.argmax(axis=1), classifier.predict(x))
     # and the logits really are the pre-softmax values behind predict_proba
     softmax = np.exp(ours - ours.max(axis=1, keepdims=True))
-    np.testing.assert_allclose(
-        softmax / softmax.sum(axis=1, keepdims=True), classifier.predict_proba(x), atol=1e-5
-    )
+    np.testing.assert_allclose(softmax / softmax.sum(axis=1, keepdims=True), classifier.predict_proba(x), atol=1e-5)
 
 
 def test_same_data_and_seed_give_identical_weights(tmp_path, small_digits):
     a = train(dataset=small_digits, out=tmp_path / "a", epochs=2, seed=3, progress=False)
     b = train(dataset=small_digits, out=tmp_path / "b", epochs=2, seed=3, progress=False)
-    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (
-        tmp_path / "b" / "model.safetensors"
-    ).read_bytes()
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
     for (wa, ba), (wb, bb) in zip(a.model.layers, b.model.layers, strict=True):
         np.testing.assert_array_equal(wa, wb)
         np.testing.assert_array_equal(ba, bb)

@@ -91,8 +91,7 @@ def read_artifact(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarra
         hash_note = "" if actual == weights["sha256"] else " (its SHA-256 also differs from the manifest's)"
         raise WeightsCorrupt(
             weights_path,
-            f"not a valid safetensors file, truncated or garbage ({len(data)} bytes): {parse_error}"
-            f"{hash_note}",
+            f"not a valid safetensors file, truncated or garbage ({len(data)} bytes): {parse_error}{hash_note}",
         )
     if actual != weights["sha256"]:
         raise WeightsHashMismatch(
@@ -103,9 +102,7 @@ def read_artifact(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarra
 
     for name, spec in weights["tensors"].items():
         if name not in tensors:
-            raise MissingTensor(
-                weights_path, f"tensor {name!r} listed in the manifest is missing from the file"
-            )
+            raise MissingTensor(weights_path, f"tensor {name!r} listed in the manifest is missing from the file")
         tensor = tensors[name]
         if list(tensor.shape) != list(spec["shape"]):
             raise TensorShapeMismatch(

@@ -40,11 +40,7 @@ def check_batch(batch: object, input_shape: tuple[int, ...], dtype: np.dtype, *,
         raise DTypeError(f"{model}: batch dtype {array.dtype} is not numeric; expected {np.dtype(dtype)}")
     expected = (None, *input_shape)
     if array.ndim != len(expected) or tuple(array.shape[1:]) != tuple(input_shape):
-        hint = (
-            " (a single row needs a batch axis: x.reshape(1, -1))"
-            if array.shape == tuple(input_shape)
-            else ""
-        )
+        hint = " (a single row needs a batch axis: x.reshape(1, -1))" if array.shape == tuple(input_shape) else ""
         shown = "(n, " + ", ".join(str(d) for d in input_shape) + ")"
         raise ShapeError(f"{model}: expected a batch of shape {shown}, got {tuple(array.shape)}{hint}")
     return np.ascontiguousarray(array, dtype=dtype)
@@ -85,6 +81,4 @@ class FunctionModel:
         return y
 
     def __repr__(self) -> str:
-        return (
-            f"FunctionModel({self.name!r}, input_shape={self.input_shape}, output_shape={self.output_shape})"
-        )
+        return f"FunctionModel({self.name!r}, input_shape={self.input_shape}, output_shape={self.output_shape})"

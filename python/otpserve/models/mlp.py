@@ -23,9 +23,7 @@ from otpserve.models.artifact import MANIFEST_FILE, read_artifact, write_artifac
 from otpserve.models.base import check_batch
 
 ARCHITECTURE = "mlp"
-WEIGHT_LAYOUT = (
-    "layers.{i}.weight is (in, out), layers.{i}.bias is (out,); y = x @ w + b; ReLU between layers"
-)
+WEIGHT_LAYOUT = "layers.{i}.weight is (in, out), layers.{i}.bias is (out,); y = x @ w + b; ReLU between layers"
 
 
 def _tensor_names(i: int) -> tuple[str, str]:
@@ -53,9 +51,7 @@ class MLP:
             w = np.ascontiguousarray(w, dtype=np.float32)
             b = np.ascontiguousarray(b, dtype=np.float32)
             if w.ndim != 2 or b.shape != (w.shape[1],):
-                raise ShapeError(
-                    f"layer {i}: weight must be (in, out) and bias (out,), got {w.shape} and {b.shape}"
-                )
+                raise ShapeError(f"layer {i}: weight must be (in, out) and bias (out,), got {w.shape} and {b.shape}")
             if checked and checked[-1][0].shape[1] != w.shape[0]:
                 raise ShapeError(
                     f"layer {i}: takes {w.shape[0]} inputs but layer {i - 1} gives {checked[-1][0].shape[1]}"
@@ -124,22 +120,14 @@ class MLP:
         if not isinstance(arch, dict) or arch.get("type") != ARCHITECTURE:
             raise ManifestError(manifest_path, f"architecture.type must be {ARCHITECTURE!r}, got {arch!r}")
         sizes = arch.get("sizes")
-        if (
-            not isinstance(sizes, list)
-            or len(sizes) < 2
-            or not all(isinstance(s, int) and s > 0 for s in sizes)
-        ):
-            raise ManifestError(
-                manifest_path, f"architecture.sizes must list at least two widths, got {sizes!r}"
-            )
+        if not isinstance(sizes, list) or len(sizes) < 2 or not all(isinstance(s, int) and s > 0 for s in sizes):
+            raise ManifestError(manifest_path, f"architecture.sizes must list at least two widths, got {sizes!r}")
 
         layers = []
         for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
             for name, expected in zip(_tensor_names(i), ((n_in, n_out), (n_out,)), strict=True):
                 if name not in manifest["weights"]["tensors"]:
-                    raise ManifestError(
-                        manifest_path, f"architecture needs tensor {name!r}, weights.tensors lacks it"
-                    )
+                    raise ManifestError(manifest_path, f"architecture needs tensor {name!r}, weights.tensors lacks it")
                 if tensors[name].shape != expected:
                     raise TensorShapeMismatch(
                         weights_path,

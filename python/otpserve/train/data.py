@@ -107,6 +107,4 @@ def _find(root: Path, names: tuple[str, ...]) -> Path:
         for candidate in (root / name, root / f"{name}.gz"):
             if candidate.is_file():
                 return candidate
-    raise FileNotFoundError(
-        f"{root}: no {names[0]} file (also tried {', '.join(names[1:])} and .gz variants)"
-    )
+    raise FileNotFoundError(f"{root}: no {names[0]} file (also tried {', '.join(names[1:])} and .gz variants)")

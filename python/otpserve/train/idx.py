@@ -47,9 +47,7 @@ def parse_idx(raw: bytes, *, name: str = "<bytes>") -> np.ndarray:
         raise IDXFormatError(f"{name}: {len(raw)} bytes is too short for an IDX header (needs 4)")
     zero0, zero1, code, ndim = raw[0], raw[1], raw[2], raw[3]
     if zero0 != 0 or zero1 != 0:
-        raise IDXFormatError(
-            f"{name}: wrong magic number 0x{raw[:4].hex()} (an IDX file starts with two zero bytes)"
-        )
+        raise IDXFormatError(f"{name}: wrong magic number 0x{raw[:4].hex()} (an IDX file starts with two zero bytes)")
     if code not in IDX_DTYPES:
         known = ", ".join(f"0x{c:02X}" for c in IDX_DTYPES)
         raise IDXFormatError(f"{name}: unknown dtype code 0x{code:02X} (known: {known})")

@@ -75,8 +75,7 @@ def train(
     logit_diff = float(np.max(np.abs(logits - sklearn_logits(classifier, dataset.heldout_x))))
     if logit_diff > LOGIT_TOLERANCE:
         raise RuntimeError(
-            f"exported model disagrees with scikit-learn: max |logit difference| {logit_diff:.3g} "
-            f"> {LOGIT_TOLERANCE}"
+            f"exported model disagrees with scikit-learn: max |logit difference| {logit_diff:.3g} > {LOGIT_TOLERANCE}"
         )
     metrics = {
         "heldout_accuracy": float(np.mean(logits.argmax(axis=1) == dataset.heldout_y)),
