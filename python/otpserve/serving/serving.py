@@ -83,7 +83,7 @@ class Serving(Owner):
         self._supervisor: Supervisor | None = None
         self._watch: asyncio.Task | None = None
         self._accepting = False
-        self._up = asyncio.Event()  # set once a partition can take batches
+        self._up = asyncio.Event()  # set once every partition can take batches
         self._idle = asyncio.Event()  # set while no batch is queued or running (for graceful stop)
         self._handler_id = f"otpserve-serving-{id(self)}"
         # Registered names are global, and two servings may share a name (tests, several servers).
@@ -92,7 +92,7 @@ class Serving(Owner):
     # ---- lifecycle -------------------------------------------------------------------------------------
 
     async def start(self) -> Serving:
-        """Start the partitions under a supervisor; returns once at least one can take batches."""
+        """Start the partitions under a supervisor; returns once all can take batches (or raises)."""
         self._loop = asyncio.get_running_loop()
         opts = self.options
         children = []
@@ -373,7 +373,8 @@ class Serving(Owner):
     def partition_up(self, part: Partition) -> None:
         """A (re)started partition is ready: give it work."""
         self._free.append(part)
-        self._up.set()
+        if self.workers_alive == len(self.partitions):
+            self._up.set()
         self._dispatch()
 
     def partition_down(self, part: Partition, batch: Batch | None) -> None:
