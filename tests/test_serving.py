@@ -139,6 +139,27 @@ def test_deadline_passing_while_queued_raises_and_spends_no_compute():
     asyncio.run(main())
 
 
+def test_default_deadline_expires_queued_requests_in_order_and_spares_answered_ones():
+    model = Recording()
+    model.gate.clear()
+
+    async def main():
+        async with Serving(model, batch_size=1, batch_timeout=0.001, default_timeout=0.2) as s:
+            running = asyncio.ensure_future(s.run(rows(1)))  # held in the model past its deadline
+            await asyncio.sleep(0.05)
+            queued = [asyncio.ensure_future(s.run(np.full((1, 4), 55.0 + i, np.float32))) for i in range(3)]
+            done = await asyncio.gather(*queued, return_exceptions=True)
+            assert all(isinstance(d, DeadlineExceeded) for d in done)
+            model.gate.set()
+            with pytest.raises(DeadlineExceeded):  # its caller's deadline passed while it ran
+                await running
+            np.testing.assert_allclose(await s.run(rows(1, 2)), affine(rows(1, 2)), rtol=1e-6)
+            assert s.metrics.requests.get((("outcome", "deadline_exceeded"),)) == 4
+        assert not any((seen >= 55.0).any() for seen in model.rows_seen)
+
+    asyncio.run(main())
+
+
 def test_cancelled_caller_removes_its_rows_before_they_are_computed():
     model = Recording()
     model.gate.clear()

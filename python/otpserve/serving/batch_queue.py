@@ -44,13 +44,12 @@ class Request:
 class Batch:
     """Rows cut from the queue for one partition: ``parts`` are (request, first row, row count)."""
 
-    __slots__ = ("attempts", "parts", "rows", "started_at")
+    __slots__ = ("attempts", "parts", "rows")
 
     def __init__(self, parts: list[tuple[Request, int, int]], rows: int) -> None:
         self.parts = parts
         self.rows = rows
         self.attempts = 0
-        self.started_at = 0.0
 
     def live(self) -> bool:
         """Whether any caller still waits for this batch."""

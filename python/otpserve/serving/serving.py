@@ -16,6 +16,7 @@ import contextlib
 import itertools
 import logging
 import threading
+from time import perf_counter
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
@@ -27,6 +28,7 @@ from otpserve.errors import DeadlineExceeded, Overloaded, ServingStopped, ShapeE
 from otpserve.metrics import BATCH_BUCKETS, LATENCY_BUCKETS, Counter, Gauge, Histogram, Registry
 from otpserve.otp import ChildSpec, Supervisor
 from otpserve.serving.batch_queue import DONE, Batch, BatchQueue, Request
+from otpserve.serving.deadlines import Deadlines
 from otpserve.serving.options import ServingOptions
 from otpserve.serving.partition import Owner, Partition, ProcessPartition, ThreadPartition
 from otpserve.serving.worker import BufferLayout, _predict
@@ -95,6 +97,7 @@ class Serving(Owner):
         """Start the partitions under a supervisor; returns once all can take batches (or raises)."""
         self._loop = asyncio.get_running_loop()
         opts = self.options
+        self._deadlines = Deadlines(self._loop, opts.default_timeout, self._expire)
         children = []
         for i in range(opts.partitions):
             if opts.isolation == "process":
@@ -157,6 +160,7 @@ class Serving(Owner):
                 part.shutdown()
         if self._timer is not None:
             self._timer.cancel()
+        self._deadlines.close()
         self._loop = None
 
     async def __aenter__(self) -> Serving:
@@ -208,14 +212,11 @@ class Serving(Owner):
                 f"serving {self.name!r}: queue full ({self.queue.rows} of {self.options.max_queue} rows queued)"
             )
         now = loop.time()
-        req = Request(loop.create_future(), x, now)
+        req = Request(loop.create_future(), x, perf_counter())
         if n == 0:
             req.fut.set_result(np.empty((0, *self.layout.output_shape), self.layout.output_dtype))
             return req
-        if timeout is None:
-            timeout = self.options.default_timeout
-        if timeout is not None:
-            req.deadline_handle = loop.call_at(now + timeout, self._expire, req, timeout)
+        self._deadlines.add(req, timeout)
         was_empty = self.queue.rows == 0
         self.queue.put(req)
         self._idle.clear()
@@ -300,7 +301,6 @@ class Serving(Owner):
             else:
                 break
             part = free.pop()
-            batch.started_at = self._loop.time()  # type: ignore[union-attr]
             part.run(batch)
 
     def _arm_timer_for_head(self) -> None:
@@ -310,20 +310,22 @@ class Serving(Owner):
         head = self.queue.head()
         if head is None:
             return
-        self._timer = self._loop.call_at(  # type: ignore[union-attr]
-            head.enqueued_at + self.options.batch_timeout, self._timer_fired
-        )
+        loop = self._loop
+        assert loop is not None
+        # enqueued_at is on the perf_counter clock; timers run on the loop's clock.
+        delay = head.enqueued_at + self.options.batch_timeout - perf_counter()
+        self._timer = loop.call_at(loop.time() + max(0.0, delay), self._timer_fired)
 
     def _record_dispatch(self, batch: Batch) -> None:
-        now = self._loop.time()  # type: ignore[union-attr]
+        now = perf_counter()
         m = self.metrics
         for req, start, _ in batch.parts:
             if start == 0:
                 m.queue_time.observe(now - req.enqueued_at)
 
     def _expire(self, req: Request, timeout: float) -> None:
-        req.deadline_handle = None
         if req.fut.done():
+            req.finish()
             return
         self.queue.drop(req)
         req.finish()
@@ -336,7 +338,7 @@ class Serving(Owner):
     def batch_done(self, part: Partition, batch: Batch, result: np.ndarray | BaseException) -> None:
         """Scatter a batch's outputs (or its error) to its callers, then hand out more work."""
         m = self.metrics
-        now = self._loop.time() if self._loop is not None else 0.0
+        now = perf_counter()
         if isinstance(result, BaseException):
             for req, _, _ in batch.parts:
                 if not req.fut.done():
@@ -365,6 +367,7 @@ class Serving(Owner):
                         m.requests.inc(labels=(("outcome", "success"),))
                         m.latency.observe(now - req.enqueued_at)
                 row += count
+        self._deadlines.trim()
         if part.alive:
             self._free.append(part)
         self._dispatch()
