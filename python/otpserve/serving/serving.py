@@ -16,9 +16,9 @@ import contextlib
 import itertools
 import logging
 import threading
-from time import perf_counter
 from collections import deque
 from collections.abc import Iterator
+from time import perf_counter
 from typing import Any
 
 import numpy as np
