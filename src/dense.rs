@@ -1,11 +1,8 @@
 //! Fused dense layers and whole-MLP inference: `y = act(x @ w + b)` with no intermediate array.
 
-use crate::element::{relu, Float};
+use crate::element::Float;
 use crate::matmul;
-use crate::small_batch::{self, DenseProblem};
-
-/// Above this much work even a small batch is better off on the (parallel) GEMM library.
-const SMALL_BATCH_MAX_WORK: usize = 1 << 22;
+use crate::small_batch::DenseProblem;
 
 /// `out = act(x @ w + bias)`: `x` is (m, k), `w` is (k, n), `bias` is (n,), `out` is (m, n).
 pub fn dense<T: Float>(
@@ -17,30 +14,16 @@ pub fn dense<T: Float>(
     relu_after: bool,
 ) {
     assert_eq!(bias.len(), n, "bias length");
-    if m <= small_batch::MAX_ROWS && m * k * n <= SMALL_BATCH_MAX_WORK {
-        let p = DenseProblem {
-            x,
-            w,
-            bias: Some(bias),
-            m,
-            k,
-            n,
-            relu: relu_after,
-        };
-        small_batch::dense(&p, out);
-        return;
-    }
-    matmul::gemm_into(x, w, out, m, k, n);
-    if n == 0 {
-        return;
-    }
-    // One pass over the product (still in cache for the sizes that matter) adds the bias in place.
-    for row in out.chunks_exact_mut(n) {
-        for (v, &b) in row.iter_mut().zip(bias) {
-            let s = *v + b;
-            *v = if relu_after { relu(s) } else { s };
-        }
-    }
+    let p = DenseProblem {
+        x,
+        w,
+        bias: Some(bias),
+        m,
+        k,
+        n,
+        relu: relu_after,
+    };
+    matmul::dense_into(&p, out);
 }
 
 /// One layer of an MLP: `w` is (inputs, outputs) row-major, `b` is (outputs,).

@@ -39,12 +39,10 @@ pub trait Float:
     /// `a`, `b`, `c` must point to (m, k), (k, n), (m, n) row-major matrices; `c` exclusive.
     unsafe fn gemm_raw(m: usize, k: usize, n: usize, a: *const Self, b: *const Self, c: *mut Self);
 
-    /// The AVX2+FMA small-batch kernel for this type; returns the first column it left undone.
-    ///
-    /// # Safety
-    /// The CPU must support AVX2 and FMA; the slices must match the problem's dimensions.
+    /// The x86-64 SIMD small-batch kernel for this type, if the CPU has AVX-512F or AVX2+FMA;
+    /// false (and nothing written) otherwise.
     #[cfg(target_arch = "x86_64")]
-    unsafe fn dense_avx2(p: &DenseProblem<'_, Self>, out: &mut [Self]) -> usize;
+    fn dense_simd(p: &DenseProblem<'_, Self>, out: &mut [Self]) -> bool;
 }
 
 impl Float for f32 {
@@ -70,8 +68,21 @@ impl Float for f32 {
         matrixmultiply::sgemm(m, k, n, 1.0, a, k_, 1, b, n_, 1, 0.0, c, n_, 1);
     }
     #[cfg(target_arch = "x86_64")]
-    unsafe fn dense_avx2(p: &DenseProblem<'_, Self>, out: &mut [Self]) -> usize {
-        crate::small_batch_x86::dense(p, out)
+    fn dense_simd(p: &DenseProblem<'_, Self>, out: &mut [Self]) -> bool {
+        use core::arch::x86_64::{__m256, __m512};
+        use std::arch::is_x86_feature_detected;
+
+        use crate::small_batch_x86::{dense_avx2, dense_avx512};
+        // SAFETY: each kernel runs only on a CPU that has just been checked for its features; the
+        // caller asserted the slice lengths.
+        if is_x86_feature_detected!("avx512f") {
+            unsafe { dense_avx512::<__m512>(p, out) };
+        } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            unsafe { dense_avx2::<__m256>(p, out) };
+        } else {
+            return false;
+        }
+        true
     }
 }
 
@@ -98,8 +109,21 @@ impl Float for f64 {
         matrixmultiply::dgemm(m, k, n, 1.0, a, k_, 1, b, n_, 1, 0.0, c, n_, 1);
     }
     #[cfg(target_arch = "x86_64")]
-    unsafe fn dense_avx2(p: &DenseProblem<'_, Self>, out: &mut [Self]) -> usize {
-        crate::small_batch_x86::dense(p, out)
+    fn dense_simd(p: &DenseProblem<'_, Self>, out: &mut [Self]) -> bool {
+        use core::arch::x86_64::{__m256d, __m512d};
+        use std::arch::is_x86_feature_detected;
+
+        use crate::small_batch_x86::{dense_avx2, dense_avx512};
+        // SAFETY: each kernel runs only on a CPU that has just been checked for its features; the
+        // caller asserted the slice lengths.
+        if is_x86_feature_detected!("avx512f") {
+            unsafe { dense_avx512::<__m512d>(p, out) };
+        } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            unsafe { dense_avx2::<__m256d>(p, out) };
+        } else {
+            return false;
+        }
+        true
     }
 }
 

@@ -1,10 +1,12 @@
-//! Matrix product on row-major slices: matrixmultiply's packed, runtime-dispatched SIMD kernels for
-//! real work, split into row bands over the kernel's rayon pool; the small-batch kernel for a few rows.
+//! Matrix products on row-major slices, and the choice of path for them:
+//! * weights that fit in L2 (and any product with a handful of rows): the register-tiled kernel of
+//!   `small_batch`, unpacked, over row blocks of the kernel's rayon pool when the work is large;
+//! * larger ones: matrixmultiply's packed, runtime-dispatched SIMD GEMM, in row bands over the pool.
 //!
 //! matrixmultiply rather than the `gemm` crate: measured on this project's 2-core AVX2 machine,
 //! single-threaded sgemm ran at 0.8-0.9x OpenBLAS against gemm 0.19's 0.5x, and it compiles in seconds.
 
-use crate::element::Float;
+use crate::element::{relu, Float};
 use crate::small_batch::{self, DenseProblem};
 use crate::threads;
 
@@ -12,25 +14,74 @@ use crate::threads;
 const PARALLEL_MIN_WORK: usize = 1 << 21;
 const BANDS_PER_THREAD: usize = 4;
 
+/// Weights up to this size are multiplied unpacked by the register-tiled kernel: they stay in each
+/// core's L2 while it walks the rows, so packing them (what a GEMM library does first) buys nothing.
+const UNPACKED_MAX_W_BYTES: usize = 1 << 20;
+
 /// `out = a @ b`: `a` is (m, k), `b` is (k, n), `out` is (m, n), all row-major.
 pub fn matmul<T: Float>(a: &[T], b: &[T], out: &mut [T], m: usize, k: usize, n: usize) {
-    assert_eq!(a.len(), m * k, "a length");
-    assert_eq!(b.len(), k * n, "b length");
-    assert_eq!(out.len(), m * n, "out length");
-    if m <= small_batch::MAX_ROWS {
-        let p = DenseProblem {
-            x: a,
-            w: b,
-            bias: None,
-            m,
-            k,
-            n,
-            relu: false,
-        };
-        small_batch::dense(&p, out);
-    } else {
-        gemm_into(a, b, out, m, k, n);
+    let p = DenseProblem {
+        x: a,
+        w: b,
+        bias: None,
+        m,
+        k,
+        n,
+        relu: false,
+    };
+    dense_into(&p, out);
+}
+
+/// `out = act(x @ w + bias)`, on whichever path suits the shapes.
+pub(crate) fn dense_into<T: Float>(p: &DenseProblem<'_, T>, out: &mut [T]) {
+    assert_eq!(p.x.len(), p.m * p.k, "x length");
+    assert_eq!(p.w.len(), p.k * p.n, "w length");
+    assert_eq!(out.len(), p.m * p.n, "out length");
+    let w_bytes = core::mem::size_of_val(p.w);
+    if p.m <= small_batch::MAX_ROWS || (small_batch::has_simd() && w_bytes <= UNPACKED_MAX_W_BYTES)
+    {
+        unpacked(p, out);
+        return;
     }
+    gemm_into(p.x, p.w, out, p.m, p.k, p.n);
+    if p.n == 0 || (p.bias.is_none() && !p.relu) {
+        return;
+    }
+    // One pass over the product (still in cache for the sizes that matter) adds the bias in place.
+    for row in out.chunks_exact_mut(p.n) {
+        for (j, v) in row.iter_mut().enumerate() {
+            let s = match p.bias {
+                Some(b) => *v + b[j],
+                None => *v,
+            };
+            *v = if p.relu { relu(s) } else { s };
+        }
+    }
+}
+
+/// The register-tiled kernel, on the calling thread for small work, else over row blocks of the pool.
+fn unpacked<T: Float>(p: &DenseProblem<'_, T>, out: &mut [T]) {
+    let pool = threads::pool();
+    let threads = pool.current_num_threads();
+    if threads == 1 || p.m * p.k * p.n < PARALLEL_MIN_WORK || p.n == 0 {
+        small_batch::dense(p, out);
+        return;
+    }
+    // Blocks of 4 rows are what the kernel computes at once; a few chunks per thread balance the load.
+    let rows = p.m.div_ceil(threads * BANDS_PER_THREAD).div_ceil(4) * 4;
+    pool.install(|| {
+        use rayon::prelude::*;
+        out.par_chunks_mut(rows * p.n)
+            .zip(p.x.par_chunks(rows * p.k))
+            .for_each(|(o, x)| {
+                let sub = DenseProblem {
+                    x,
+                    m: o.len() / p.n,
+                    ..*p
+                };
+                small_batch::dense(&sub, o);
+            });
+    });
 }
 
 /// `out = a @ b` through the GEMM library, on the kernel's pool when the product is large enough.

@@ -8,8 +8,22 @@
 
 use crate::element::{relu, Float};
 
-/// Rows above this go to the GEMM library (see `dense::dense`).
+/// Up to this many rows this kernel is always the fastest path, whatever the size of `w`.
 pub const MAX_ROWS: usize = 16;
+
+/// Whether this CPU runs the SIMD kernels (else the portable loop, which is no match for a GEMM library).
+pub fn has_simd() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected;
+        if is_x86_feature_detected!("avx512f")
+            || (is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+        {
+            return true;
+        }
+    }
+    false
+}
 
 /// One dense-layer problem on row-major slices: `x` is (m, k), `w` is (k, n), `bias` is (n,).
 #[derive(Clone, Copy)]
@@ -38,17 +52,8 @@ impl<T: Float> DenseProblem<'_, T> {
 pub fn dense<T: Float>(p: &DenseProblem<'_, T>, out: &mut [T]) {
     p.check(out);
     #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has just been checked for AVX2 and FMA; `check` asserted the lengths.
-            let done = unsafe { T::dense_avx2(p, out) };
-            // The last columns, fewer than one vector, with the portable loop.
-            for r in 0..p.m {
-                column_tiles::<T, 1, 1, false>(p, r, done, out);
-            }
-            return;
-        }
+    if T::dense_simd(p, out) {
+        return;
     }
     dense_generic::<T, false>(p, out);
 }

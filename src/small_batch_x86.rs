@@ -1,193 +1,344 @@
-//! AVX2+FMA kernel of the small-batch path (see `small_batch`), chosen at run time on x86-64.
+//! x86-64 SIMD kernels of the small-batch path (see `small_batch`): AVX-512 where the CPU has it,
+//! else AVX2+FMA, chosen at run time, so the crate needs no `-C target-cpu`.
 //!
-//! Written with intrinsics rather than left to the autovectorizer because the whole point is that the
-//! R x V accumulator tile stays in registers across the k loop, which the vectorizer does not promise.
+//! Written with intrinsics rather than left to the autovectorizer because the point is that an
+//! R-rows x NV-vectors accumulator tile stays in registers across the whole k loop while `w` is
+//! streamed row by row, which the vectorizer does not promise. The last partial vector of columns
+//! uses masked loads and stores, so no scalar tail is needed.
 
 use core::arch::x86_64::*;
 
 use crate::element::Float;
 use crate::small_batch::DenseProblem;
 
-/// An element type's 256-bit vector operations.
-pub trait Avx: Float {
-    type V: Copy;
+const PREFETCH: bool = true;
+const PREFETCH_ROWS: usize = 8;
+
+/// One SIMD register type and its operations. Every method is `inline(always)`, so it is compiled with
+/// the target features of the `dense_*` entry point it is inlined into.
+pub trait Vector: Copy {
+    type Elem: Float;
     const LANES: usize;
-    unsafe fn zero() -> Self::V;
-    unsafe fn splat(v: Self) -> Self::V;
-    unsafe fn load(p: *const Self) -> Self::V;
-    unsafe fn store(p: *mut Self, v: Self::V);
-    unsafe fn fmadd(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
-    unsafe fn vadd(a: Self::V, b: Self::V) -> Self::V;
-    /// max(0, v) with NaN kept (`maxps` returns its second operand when either is NaN).
-    unsafe fn relu(v: Self::V) -> Self::V;
+    /// Accumulator registers a tile may use: what leaves room for the row of `w` and the broadcasts.
+    const ACC_REGISTERS: usize;
+    unsafe fn zero() -> Self;
+    unsafe fn splat(v: Self::Elem) -> Self;
+    /// The first `count` (<= LANES) elements at `p`, zeros after.
+    unsafe fn load(p: *const Self::Elem, count: usize) -> Self;
+    unsafe fn store(p: *mut Self::Elem, v: Self, count: usize);
+    unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self;
+    unsafe fn add(a: Self, b: Self) -> Self;
+    /// max(0, v) with NaN kept (`max` returns its second operand when either is NaN).
+    unsafe fn relu(v: Self) -> Self;
 }
 
-impl Avx for f32 {
-    type V = __m256;
+/// An AVX2 lane mask selecting the first `count` of `lanes` 32-bit lanes, as 8 x i32 (all-ones = on).
+#[inline(always)]
+unsafe fn mask_avx2(count: usize, lanes: usize) -> __m256i {
+    // Lane i of an f64 vector spans two i32 lanes, so scale the count.
+    let on = (count * 8 / lanes) as i32;
+    _mm256_cmpgt_epi32(
+        _mm256_set1_epi32(on),
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+    )
+}
+
+impl Vector for __m256 {
+    type Elem = f32;
     const LANES: usize = 8;
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn zero() -> __m256 {
+    const ACC_REGISTERS: usize = 8;
+    #[inline(always)]
+    unsafe fn zero() -> Self {
         _mm256_setzero_ps()
     }
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn splat(v: f32) -> __m256 {
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> Self {
         _mm256_set1_ps(v)
     }
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn load(p: *const f32) -> __m256 {
-        _mm256_loadu_ps(p)
+    #[inline(always)]
+    unsafe fn load(p: *const f32, count: usize) -> Self {
+        if count == 8 {
+            _mm256_loadu_ps(p)
+        } else {
+            _mm256_maskload_ps(p, mask_avx2(count, 8))
+        }
     }
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn store(p: *mut f32, v: __m256) {
-        _mm256_storeu_ps(p, v)
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: Self, count: usize) {
+        if count == 8 {
+            _mm256_storeu_ps(p, v)
+        } else {
+            _mm256_maskstore_ps(p, mask_avx2(count, 8), v)
+        }
     }
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn fmadd(a: __m256, b: __m256, c: __m256) -> __m256 {
+    #[inline(always)]
+    unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
         _mm256_fmadd_ps(a, b, c)
     }
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn vadd(a: __m256, b: __m256) -> __m256 {
+    #[inline(always)]
+    unsafe fn add(a: Self, b: Self) -> Self {
         _mm256_add_ps(a, b)
     }
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn relu(v: __m256) -> __m256 {
+    #[inline(always)]
+    unsafe fn relu(v: Self) -> Self {
         _mm256_max_ps(_mm256_setzero_ps(), v)
     }
 }
 
-impl Avx for f64 {
-    type V = __m256d;
+impl Vector for __m256d {
+    type Elem = f64;
     const LANES: usize = 4;
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn zero() -> __m256d {
+    const ACC_REGISTERS: usize = 8;
+    #[inline(always)]
+    unsafe fn zero() -> Self {
         _mm256_setzero_pd()
     }
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn splat(v: f64) -> __m256d {
+    #[inline(always)]
+    unsafe fn splat(v: f64) -> Self {
         _mm256_set1_pd(v)
     }
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn load(p: *const f64) -> __m256d {
-        _mm256_loadu_pd(p)
+    #[inline(always)]
+    unsafe fn load(p: *const f64, count: usize) -> Self {
+        if count == 4 {
+            _mm256_loadu_pd(p)
+        } else {
+            _mm256_maskload_pd(p, _mm256_castsi256_pd(mask_avx2(count, 4)).to_mask64())
+        }
     }
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn store(p: *mut f64, v: __m256d) {
-        _mm256_storeu_pd(p, v)
+    #[inline(always)]
+    unsafe fn store(p: *mut f64, v: Self, count: usize) {
+        if count == 4 {
+            _mm256_storeu_pd(p, v)
+        } else {
+            _mm256_maskstore_pd(p, _mm256_castsi256_pd(mask_avx2(count, 4)).to_mask64(), v)
+        }
     }
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn fmadd(a: __m256d, b: __m256d, c: __m256d) -> __m256d {
+    #[inline(always)]
+    unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
         _mm256_fmadd_pd(a, b, c)
     }
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn vadd(a: __m256d, b: __m256d) -> __m256d {
+    #[inline(always)]
+    unsafe fn add(a: Self, b: Self) -> Self {
         _mm256_add_pd(a, b)
     }
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn relu(v: __m256d) -> __m256d {
+    #[inline(always)]
+    unsafe fn relu(v: Self) -> Self {
         _mm256_max_pd(_mm256_setzero_pd(), v)
     }
 }
 
-/// The vector part of `out = act(x @ w + bias)`: every column up to the last whole vector.
-/// Returns the first column left for the scalar tail.
+/// `_mm256_maskload_pd` takes its mask as 4 x i64; the i32 mask built above is that, reinterpreted.
+trait ToMask64 {
+    unsafe fn to_mask64(self) -> __m256i;
+}
+
+impl ToMask64 for __m256d {
+    #[inline(always)]
+    unsafe fn to_mask64(self) -> __m256i {
+        _mm256_castpd_si256(self)
+    }
+}
+
+impl Vector for __m512 {
+    type Elem = f32;
+    const LANES: usize = 16;
+    const ACC_REGISTERS: usize = 16;
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        _mm512_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> Self {
+        _mm512_set1_ps(v)
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32, count: usize) -> Self {
+        if count == 16 {
+            _mm512_loadu_ps(p)
+        } else {
+            _mm512_maskz_loadu_ps(((1u32 << count) - 1) as __mmask16, p)
+        }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: Self, count: usize) {
+        if count == 16 {
+            _mm512_storeu_ps(p, v)
+        } else {
+            _mm512_mask_storeu_ps(p, ((1u32 << count) - 1) as __mmask16, v)
+        }
+    }
+    #[inline(always)]
+    unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
+        _mm512_fmadd_ps(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn add(a: Self, b: Self) -> Self {
+        _mm512_add_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn relu(v: Self) -> Self {
+        _mm512_max_ps(_mm512_setzero_ps(), v)
+    }
+}
+
+impl Vector for __m512d {
+    type Elem = f64;
+    const LANES: usize = 8;
+    const ACC_REGISTERS: usize = 16;
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        _mm512_setzero_pd()
+    }
+    #[inline(always)]
+    unsafe fn splat(v: f64) -> Self {
+        _mm512_set1_pd(v)
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f64, count: usize) -> Self {
+        if count == 8 {
+            _mm512_loadu_pd(p)
+        } else {
+            _mm512_maskz_loadu_pd(((1u32 << count) - 1) as __mmask8, p)
+        }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f64, v: Self, count: usize) {
+        if count == 8 {
+            _mm512_storeu_pd(p, v)
+        } else {
+            _mm512_mask_storeu_pd(p, ((1u32 << count) - 1) as __mmask8, v)
+        }
+    }
+    #[inline(always)]
+    unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
+        _mm512_fmadd_pd(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn add(a: Self, b: Self) -> Self {
+        _mm512_add_pd(a, b)
+    }
+    #[inline(always)]
+    unsafe fn relu(v: Self) -> Self {
+        _mm512_max_pd(_mm512_setzero_pd(), v)
+    }
+}
+
+/// `out = act(x @ w + bias)` with AVX2+FMA vectors `V`.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA; `p` and `out` must have the lengths `DenseProblem::check` asserts.
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn dense<T: Avx>(p: &DenseProblem<'_, T>, out: &mut [T]) -> usize {
+pub unsafe fn dense_avx2<V: Vector>(p: &DenseProblem<'_, V::Elem>, out: &mut [V::Elem]) {
+    dense::<V>(p, out)
+}
+
+/// `out = act(x @ w + bias)` with AVX-512 vectors `V`.
+///
+/// # Safety
+/// The CPU must support AVX-512F; `p` and `out` must have the lengths `DenseProblem::check` asserts.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn dense_avx512<V: Vector>(p: &DenseProblem<'_, V::Elem>, out: &mut [V::Elem]) {
+    dense::<V>(p, out)
+}
+
+#[inline(always)]
+unsafe fn dense<V: Vector>(p: &DenseProblem<'_, V::Elem>, out: &mut [V::Elem]) {
     let mut r = 0;
-    let mut done = 0;
     while r + 4 <= p.m {
-        done = row_block::<T, 4>(p, r, out);
+        row_block::<V, 4>(p, r, out);
         r += 4;
     }
     match p.m - r {
-        3 => done = row_block::<T, 3>(p, r, out),
-        2 => done = row_block::<T, 2>(p, r, out),
-        1 => done = row_block::<T, 1>(p, r, out),
+        3 => row_block::<V, 3>(p, r, out),
+        2 => row_block::<V, 2>(p, r, out),
+        1 => row_block::<V, 1>(p, r, out),
         _ => {}
     }
-    if p.m == 0 {
-        done = p.n - p.n % T::LANES;
-    }
-    done
 }
 
-/// Rows `r0..r0 + R`: tiles of V vectors, R * V <= 8 accumulators, widest first.
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn row_block<T: Avx, const R: usize>(
-    p: &DenseProblem<'_, T>,
+/// Rows `r0..r0 + R`: the widest tiles that fit the register budget first, then narrower ones, then
+/// one masked vector for the columns left.
+#[inline(always)]
+unsafe fn row_block<V: Vector, const R: usize>(
+    p: &DenseProblem<'_, V::Elem>,
     r0: usize,
-    out: &mut [T],
-) -> usize {
+    out: &mut [V::Elem],
+) {
     let mut j = 0;
-    if R == 1 {
-        j = tiles::<T, R, 8>(p, r0, j, out);
+    j = tiles::<V, R, 8>(p, r0, j, out);
+    j = tiles::<V, R, 4>(p, r0, j, out);
+    j = tiles::<V, R, 2>(p, r0, j, out);
+    j = tiles::<V, R, 1>(p, r0, j, out);
+    if j < p.n {
+        tile::<V, R, 1>(p, r0, j, p.n - j, out);
     }
-    if R <= 2 {
-        j = tiles::<T, R, 4>(p, r0, j, out);
-    }
-    j = tiles::<T, R, 2>(p, r0, j, out);
-    tiles::<T, R, 1>(p, r0, j, out)
 }
 
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn tiles<T: Avx, const R: usize, const V: usize>(
-    p: &DenseProblem<'_, T>,
+#[inline(always)]
+unsafe fn tiles<V: Vector, const R: usize, const NV: usize>(
+    p: &DenseProblem<'_, V::Elem>,
     r0: usize,
     mut j: usize,
-    out: &mut [T],
+    out: &mut [V::Elem],
 ) -> usize {
-    let (k, n, lanes) = (p.k, p.n, T::LANES);
-    let x = p.x.as_ptr().add(r0 * k);
-    let o = out.as_mut_ptr().add(r0 * n);
-    while j + V * lanes <= n {
-        let mut acc = [[T::zero(); V]; R];
-        let mut w = p.w.as_ptr().add(j);
-        for kk in 0..k {
-            let mut wv = [T::zero(); V];
-            for (v, slot) in wv.iter_mut().enumerate() {
-                *slot = T::load(w.add(v * lanes));
-            }
-            for (r, acc_row) in acc.iter_mut().enumerate() {
-                let xv = T::splat(*x.add(r * k + kk));
-                for (a, &b) in acc_row.iter_mut().zip(&wv) {
-                    *a = T::fmadd(xv, b, *a);
-                }
-            }
-            w = w.add(n);
-        }
-        for (r, acc_row) in acc.iter().enumerate() {
-            for (v, &a) in acc_row.iter().enumerate() {
-                let col = j + v * lanes;
-                // The bias is added after the dot product, as numpy's `x @ w + b` does.
-                let mut s = a;
-                if let Some(b) = p.bias {
-                    s = T::vadd(s, T::load(b.as_ptr().add(col)));
-                }
-                if p.relu {
-                    s = T::relu(s);
-                }
-                T::store(o.add(r * n + col), s);
-            }
-        }
-        j += V * lanes;
+    if R * NV > V::ACC_REGISTERS {
+        return j;
+    }
+    while j + NV * V::LANES <= p.n {
+        tile::<V, R, NV>(p, r0, j, V::LANES, out);
+        j += NV * V::LANES;
     }
     j
+}
+
+/// Columns `j..j + (NV - 1) * LANES + last` of rows `r0..r0 + R`; `last` is how many lanes of the last
+/// vector are real columns (LANES except for the masked tail).
+#[inline(always)]
+unsafe fn tile<V: Vector, const R: usize, const NV: usize>(
+    p: &DenseProblem<'_, V::Elem>,
+    r0: usize,
+    j: usize,
+    last: usize,
+    out: &mut [V::Elem],
+) {
+    let (k, n, lanes) = (p.k, p.n, V::LANES);
+    let x = p.x.as_ptr().add(r0 * k);
+    let count = |v: usize| if v + 1 == NV { last } else { lanes };
+    let mut acc = [[V::zero(); NV]; R];
+    let mut w = p.w.as_ptr().add(j);
+    for kk in 0..k {
+        let mut wv = [V::zero(); NV];
+        for (v, slot) in wv.iter_mut().enumerate() {
+            *slot = V::load(w.add(v * lanes), count(v));
+        }
+        for (r, acc_row) in acc.iter_mut().enumerate() {
+            let xv = V::splat(*x.add(r * k + kk));
+            for (a, &b) in acc_row.iter_mut().zip(&wv) {
+                *a = V::fmadd(xv, b, *a);
+            }
+        }
+        if PREFETCH {
+            for v in 0..NV {
+                _mm_prefetch::<_MM_HINT_T0>(
+                    w.wrapping_add(PREFETCH_ROWS * n + v * lanes) as *const i8
+                );
+            }
+        }
+        w = w.add(n);
+    }
+    let o = out.as_mut_ptr().add(r0 * n);
+    for (r, acc_row) in acc.iter().enumerate() {
+        for (v, &a) in acc_row.iter().enumerate() {
+            let col = j + v * lanes;
+            // The bias is added after the dot product, as numpy's `x @ w + b` does.
+            let mut s = a;
+            if let Some(b) = p.bias {
+                s = V::add(s, V::load(b.as_ptr().add(col), count(v)));
+            }
+            if p.relu {
+                s = V::relu(s);
+            }
+            V::store(o.add(r * n + col), s, count(v));
+        }
+    }
 }
