@@ -30,8 +30,6 @@ pub trait Float:
 
     fn exp(self) -> Self;
     fn is_nan(self) -> bool;
-    /// `self * a + b`, rounded once; only called where the FMA instruction is known to exist.
-    fn mul_add(self, a: Self, b: Self) -> Self;
 
     /// `c = a @ b` on raw row-major pointers through matrixmultiply (its own runtime SIMD dispatch).
     ///
@@ -58,10 +56,6 @@ impl Float for f32 {
     #[inline(always)]
     fn is_nan(self) -> bool {
         f32::is_nan(self)
-    }
-    #[inline(always)]
-    fn mul_add(self, a: Self, b: Self) -> Self {
-        f32::mul_add(self, a, b)
     }
     unsafe fn gemm_raw(m: usize, k: usize, n: usize, a: *const Self, b: *const Self, c: *mut Self) {
         let (k_, n_) = (k as isize, n as isize);
@@ -99,10 +93,6 @@ impl Float for f64 {
     #[inline(always)]
     fn is_nan(self) -> bool {
         f64::is_nan(self)
-    }
-    #[inline(always)]
-    fn mul_add(self, a: Self, b: Self) -> Self {
-        f64::mul_add(self, a, b)
     }
     unsafe fn gemm_raw(m: usize, k: usize, n: usize, a: *const Self, b: *const Self, c: *mut Self) {
         let (k_, n_) = (k as isize, n as isize);

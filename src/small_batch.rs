@@ -3,8 +3,8 @@
 //! A GEMM library packs its operands into panels first; for one to a few rows that packing costs more
 //! than the product itself. Here each row block keeps a tile of output columns in registers and walks
 //! down `w`'s rows, so every row of `w` is read contiguously once per row block and nothing is packed
-//! or allocated. The loops are written for the autovectorizer; on x86-64 the same code is also compiled
-//! with AVX2+FMA and chosen at run time, so the crate needs no `-C target-cpu`.
+//! or allocated. On x86-64 the AVX-512 or AVX2+FMA kernels of `small_batch_x86` are chosen at run time
+//! (no `-C target-cpu` needed); elsewhere a portable loop written for the autovectorizer does the work.
 
 use crate::element::{relu, Float};
 
@@ -55,45 +55,41 @@ pub fn dense<T: Float>(p: &DenseProblem<'_, T>, out: &mut [T]) {
     if T::dense_simd(p, out) {
         return;
     }
-    dense_generic::<T, false>(p, out);
+    dense_portable(p, out);
 }
 
 #[inline(always)]
-fn dense_generic<T: Float, const FMA: bool>(p: &DenseProblem<'_, T>, out: &mut [T]) {
+fn dense_portable<T: Float>(p: &DenseProblem<'_, T>, out: &mut [T]) {
     let mut r = 0;
     while r + 4 <= p.m {
-        row_block::<T, 4, FMA>(p, r, out);
+        row_block::<T, 4>(p, r, out);
         r += 4;
     }
     match p.m - r {
-        3 => row_block::<T, 3, FMA>(p, r, out),
-        2 => row_block::<T, 2, FMA>(p, r, out),
-        1 => row_block::<T, 1, FMA>(p, r, out),
+        3 => row_block::<T, 3>(p, r, out),
+        2 => row_block::<T, 2>(p, r, out),
+        1 => row_block::<T, 1>(p, r, out),
         _ => {}
     }
 }
 
 /// Rows `r0..r0 + R`: the widest column tiles that fit the register budget first, narrower ones for the rest.
 #[inline(always)]
-fn row_block<T: Float, const R: usize, const FMA: bool>(
-    p: &DenseProblem<'_, T>,
-    r0: usize,
-    out: &mut [T],
-) {
+fn row_block<T: Float, const R: usize>(p: &DenseProblem<'_, T>, r0: usize, out: &mut [T]) {
     let mut j = 0;
-    j = column_tiles::<T, R, 64, FMA>(p, r0, j, out);
-    j = column_tiles::<T, R, 32, FMA>(p, r0, j, out);
-    j = column_tiles::<T, R, 16, FMA>(p, r0, j, out);
-    j = column_tiles::<T, R, 8, FMA>(p, r0, j, out);
-    j = column_tiles::<T, R, 4, FMA>(p, r0, j, out);
-    column_tiles::<T, R, 1, FMA>(p, r0, j, out);
+    j = column_tiles::<T, R, 64>(p, r0, j, out);
+    j = column_tiles::<T, R, 32>(p, r0, j, out);
+    j = column_tiles::<T, R, 16>(p, r0, j, out);
+    j = column_tiles::<T, R, 8>(p, r0, j, out);
+    j = column_tiles::<T, R, 4>(p, r0, j, out);
+    column_tiles::<T, R, 1>(p, r0, j, out);
 }
 
 /// Output columns `j..` in tiles of `TILE`, while a whole tile fits; returns the first column not done.
 // Index loops over the constant-size tile keep its shape plain to the autovectorizer.
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
-fn column_tiles<T: Float, const R: usize, const TILE: usize, const FMA: bool>(
+fn column_tiles<T: Float, const R: usize, const TILE: usize>(
     p: &DenseProblem<'_, T>,
     r0: usize,
     mut j: usize,
@@ -111,11 +107,7 @@ fn column_tiles<T: Float, const R: usize, const TILE: usize, const FMA: bool>(
             for r in 0..R {
                 let xv = xs[r][kk];
                 for t in 0..TILE {
-                    acc[r][t] = if FMA {
-                        xv.mul_add(w_row[t], acc[r][t])
-                    } else {
-                        xv * w_row[t] + acc[r][t]
-                    };
+                    acc[r][t] = xv * w_row[t] + acc[r][t];
                 }
             }
         }
@@ -217,6 +209,29 @@ mod tests {
                     for (got, want) in out32.iter().zip(&want) {
                         assert!((*got as f64 - want).abs() < 1e-3, "f32 m={m} k={k} n={n}");
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn portable_loop_matches_the_triple_loop() {
+        for m in 0..=6 {
+            for &(k, n) in &[(0, 3), (7, 10), (13, 129)] {
+                let (x, w, b) = (values(m * k, 4), values(k * n, 5), values(n, 6));
+                let p = DenseProblem {
+                    x: &x,
+                    w: &w,
+                    bias: Some(&b),
+                    m,
+                    k,
+                    n,
+                    relu: true,
+                };
+                let mut out = vec![f64::NAN; m * n];
+                dense_portable(&p, &mut out);
+                for (got, want) in out.iter().zip(&reference(&p)) {
+                    assert!((got - want).abs() < 1e-9, "m={m} k={k} n={n}");
                 }
             }
         }
