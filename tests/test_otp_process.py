@@ -201,9 +201,7 @@ def test_start_process_refuses_fork():
 
 def test_stopping_a_nested_tree_leaves_no_process_behind():
     async def main():
-        inner = Supervisor.child_spec(
-            [ChildSpec.process(f"i{n}", targets.sleep_forever) for n in range(2)], id="inner"
-        )
+        inner = Supervisor.child_spec([ChildSpec.process(f"i{n}", targets.sleep_forever) for n in range(2)], id="inner")
         sup = await Supervisor.start_link([ChildSpec.process("w", targets.sleep_forever), inner])
         inner_sup = sup.which_children()[1].child
         pids = [sup.which_children()[0].pid] + [i.pid for i in inner_sup.which_children()]

@@ -121,9 +121,7 @@ def test_temporary_sibling_stopped_by_one_for_all_is_not_restarted():
 def test_crash_loop_past_max_restarts_stops_children_and_exits_escalated():
     async def main():
         escalations = []
-        telemetry.attach(
-            "test-esc", ("otpserve", "supervisor", "escalated"), lambda *a: escalations.append(a)
-        )
+        telemetry.attach("test-esc", ("otpserve", "supervisor", "escalated"), lambda *a: escalations.append(a))
         try:
             w = Workers()
 

@@ -55,9 +55,7 @@ def test_raising_handler_is_detached_and_logged_without_breaking_the_caller_or_o
 
 def test_span_emits_start_and_stop_with_duration():
     seen = []
-    telemetry.attach_many(
-        "test-span", [("job", s) for s in ("start", "stop", "exception")], lambda *a: seen.append(a)
-    )
+    telemetry.attach_many("test-span", [("job", s) for s in ("start", "stop", "exception")], lambda *a: seen.append(a))
     with telemetry.span(("job",), {"id": 7}) as extra:
         extra["rows"] = 3
     assert [e for e, *_ in seen] == [("job", "start"), ("job", "stop")]

@@ -60,9 +60,7 @@ def _rebuild() -> None:
     _by_event = {event: tuple(handlers) for event, handlers in table.items()}
 
 
-def attach_many(
-    handler_id: str, events: Iterable[Event], function: HandlerFunction, config: Any = None
-) -> None:
+def attach_many(handler_id: str, events: Iterable[Event], function: HandlerFunction, config: Any = None) -> None:
     """Attach ``function`` to every event in ``events`` under one id (ids are unique, as in :telemetry)."""
     evs = tuple(tuple(e) for e in events)
     if not evs or any(not e or not all(isinstance(p, str) for p in e) for e in evs):

@@ -75,18 +75,14 @@ class ChildSpec:
             raise ValueError(f"type must be worker or supervisor, got {self.type!r}")
         if isinstance(self.shutdown, str):
             if self.shutdown not in ("brutal_kill", "infinity"):
-                raise ValueError(
-                    f"shutdown must be seconds, 'brutal_kill' or 'infinity', got {self.shutdown!r}"
-                )
+                raise ValueError(f"shutdown must be seconds, 'brutal_kill' or 'infinity', got {self.shutdown!r}")
         elif not self.shutdown >= 0:
             raise ValueError(f"shutdown must be >= 0 seconds, got {self.shutdown!r}")
         if not callable(self.start):
             raise TypeError(f"start must be a zero-argument callable, got {self.start!r}")
 
     @classmethod
-    def task(
-        cls, id: Any, coro_fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any, **opts: Any
-    ) -> ChildSpec:
+    def task(cls, id: Any, coro_fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any, **opts: Any) -> ChildSpec:
         """A child that is an asyncio task running ``coro_fn(*args)`` in this process."""
 
         async def start() -> Child:
@@ -157,8 +153,6 @@ class TaskChild:
             self._task.cancel()
 
 
-def start_task(
-    coro_fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any, name: str | None = None
-) -> TaskChild:
+def start_task(coro_fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any, name: str | None = None) -> TaskChild:
     """Run ``coro_fn(*args)`` as a supervised task. Its owner is whoever holds the returned child."""
     return TaskChild(asyncio.get_running_loop().create_task(coro_fn(*args), name=name))

@@ -133,9 +133,7 @@ class GenServer:
             if name is not None:
                 registry.unregister(name, server)
             raise
-        server._task = asyncio.get_running_loop().create_task(
-            server._loop(), name=f"GenServer {server.label}"
-        )
+        server._task = asyncio.get_running_loop().create_task(server._loop(), name=f"GenServer {server.label}")
         return server
 
     @classmethod

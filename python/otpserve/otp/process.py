@@ -153,9 +153,7 @@ def start_process(
         raise ValueError(f"method must be 'forkserver' or 'spawn' (never 'fork'), got {method!r}")
     loop = asyncio.get_running_loop()
     ctx = multiprocessing.get_context(method)
-    process = ctx.Process(
-        target=_process_main, args=(os.getpid(), target, tuple(args)), name=name, daemon=False
-    )
+    process = ctx.Process(target=_process_main, args=(os.getpid(), target, tuple(args)), name=name, daemon=False)
     process.start()
     # We reap it ourselves (ProcessChild._on_exit). Leaving it in multiprocessing's registry would make
     # interpreter exit join it (a hang if nobody stopped it) and let active_children() reap it behind

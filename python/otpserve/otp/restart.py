@@ -50,9 +50,7 @@ class Backoff:
 
     def __post_init__(self) -> None:
         if not (0 <= self.initial <= self.max) or self.factor < 1 or self.reset_after <= 0:
-            raise ValueError(
-                f"invalid backoff {self!r}: need 0 <= initial <= max, factor >= 1, reset_after > 0"
-            )
+            raise ValueError(f"invalid backoff {self!r}: need 0 <= initial <= max, factor >= 1, reset_after > 0")
 
     def delay(self, consecutive: int) -> float:
         if consecutive <= 0:

@@ -216,9 +216,7 @@ class SupervisorBase:
         try:
             reason = await asyncio.wait_for(child.wait(), KILL_WAIT)
         except TimeoutError:
-            log.error(
-                "child %r of %r is still running %s s after kill; abandoned", rec.spec.id, self, KILL_WAIT
-            )
+            log.error("child %r of %r is still running %s s after kill; abandoned", rec.spec.id, self, KILL_WAIT)
             reason = ExitReason.killed()
         await self._reap_watcher(rec)
         self._emit("exited", rec, child, reason)

@@ -75,9 +75,7 @@ class Supervisor(SupervisorBase):
                 await self._start_record(rec)
             except BaseException as exc:
                 await self._shutdown_all()
-                self._finish(
-                    ExitReason.exception(exc) if isinstance(exc, Exception) else ExitReason.shutdown()
-                )
+                self._finish(ExitReason.exception(exc) if isinstance(exc, Exception) else ExitReason.shutdown())
                 if isinstance(exc, Exception):
                     raise ChildStartError(self.label, spec.id) from exc
                 raise
