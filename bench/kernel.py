@@ -7,9 +7,11 @@ Prints, for float32:
   * mlp_forward on the 784 -> 128 -> 10 MLP, batch 1 ... 1024, against numpy's
     ``h = x @ W1; h += b1; maximum(h, 0, out=h); y = h @ W2; y += b2``;
   * decode_v2_json on a KServe v2 body of 784 floats, against ``orjson.loads`` + ``np.asarray(.., float32)``.
-The peak is approximated by numpy's float32 GEMM at n = 4096. Every figure is the median of several
-repeats; the two sides run in separate blocks with a pause between, because OpenBLAS threads spin for a
-while after each call and would steal the cores from whichever side runs next.
+The peak is approximated by numpy's float32 GEMM at n = 4096. Each side runs in blocks (a pause before
+each, because OpenBLAS threads spin for a while after a call and would steal the cores from whichever
+side runs next); a block's figure is the median of its repeats, and each side gets ROUNDS blocks,
+alternating, of which the best median counts, so that a burst of noise on this shared VM hits one block
+rather than one side.
 Targets (benchmark, not tests): mlp_forward >= 2x numpy at batch <= 8 and >= 1x at batch >= 128;
 matmul >= 0.8x numpy at n >= 512.
 """
@@ -27,7 +29,8 @@ import numpy as np
 import orjson
 from otpserve import kernel
 
-PAUSE_S = 0.25
+PAUSE_S = 0.2
+ROUNDS = 3
 
 
 def median_time(fn: Callable[[], object], min_time: float = 0.2, repeats: int = 7) -> float:
@@ -47,12 +50,21 @@ def median_time(fn: Callable[[], object], min_time: float = 0.2, repeats: int = 
     return statistics.median(samples)
 
 
+def compare(ours: Callable[[], object], theirs: Callable[[], object], min_time: float = 0.15) -> tuple[float, float]:
+    """(ours, theirs) seconds per call: best block median of each over ROUNDS alternating rounds."""
+    best_ours, best_theirs = float("inf"), float("inf")
+    for _ in range(ROUNDS):
+        best_ours = min(best_ours, median_time(ours, min_time))
+        best_theirs = min(best_theirs, median_time(theirs, min_time))
+    return best_ours, best_theirs
+
+
 def gemm_peak_gflops() -> float:
     n = 4096
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
-    seconds = median_time(lambda: a @ b, min_time=1.0, repeats=3)
+    seconds = min(median_time(lambda: a @ b, min_time=0.5, repeats=3) for _ in range(ROUNDS))
     return 2 * n**3 / seconds / 1e9
 
 
@@ -64,10 +76,9 @@ def bench_matmul(sizes: list[int], peak: float) -> list[float]:
     for n in sizes:
         a = rng.standard_normal((n, n), dtype=np.float32)
         b = rng.standard_normal((n, n), dtype=np.float32)
-        out = np.empty((n, n), np.float32)
-        budget = 0.3 if n < 1024 else 1.5
-        ours = median_time(lambda a=a, b=b, out=out: kernel.matmul(a, b, out=out), budget)
-        theirs = median_time(lambda a=a, b=b, out=out: np.matmul(a, b, out=out), budget)
+        budget = 0.15 if n < 1024 else 0.8
+        # Both sides allocate their result (numpy's matmul with out= can leave BLAS for a slow loop).
+        ours, theirs = compare(lambda a=a, b=b: kernel.matmul(a, b), lambda a=a, b=b: a @ b, budget)
         flops = 2 * n**3
         ratios.append(theirs / ours)
         print(
@@ -99,8 +110,7 @@ def bench_mlp(batches: list[int], peak: float) -> list[float]:
     for batch in batches:
         x = rng.standard_normal((batch, 784), dtype=np.float32)
         np.testing.assert_allclose(kernel.mlp_forward(x, layers), numpy_forward(x), rtol=1e-4, atol=1e-4)
-        ours = median_time(lambda x=x: kernel.mlp_forward(x, layers))
-        theirs = median_time(lambda x=x: numpy_forward(x))
+        ours, theirs = compare(lambda x=x: kernel.mlp_forward(x, layers), lambda x=x: numpy_forward(x))
         flops = 2 * batch * (784 * 128 + 128 * 10)
         ratios.append(theirs / ours)
         print(
@@ -124,8 +134,7 @@ def bench_decode() -> float:
         return np.asarray(request["inputs"][0]["data"], np.float32)
 
     np.testing.assert_array_equal(kernel.decode_v2_json(body)[1][0][3], baseline())
-    ours = median_time(lambda: kernel.decode_v2_json(body))
-    theirs = median_time(baseline)
+    ours, theirs = compare(lambda: kernel.decode_v2_json(body), baseline)
     print(f"\ndecode_v2_json, {len(body)} byte body with 784 floats (vs orjson.loads + np.asarray float32)")
     print(f"  ours {ours * 1e6:.1f}us   baseline {theirs * 1e6:.1f}us   ratio {theirs / ours:.2f}x")
     return theirs / ours

@@ -12,6 +12,8 @@ use crate::threads;
 
 /// Below this many multiply-adds, handing work to the pool costs more than it saves.
 const PARALLEL_MIN_WORK: usize = 1 << 21;
+/// Row chunks per thread on the unpacked path, which packs nothing: a few, so that a thread slowed by a
+/// noisy neighbour is balanced by the others stealing.
 const BANDS_PER_THREAD: usize = 4;
 
 /// Weights up to this size are multiplied unpacked by the register-tiled kernel: they stay in each
@@ -100,9 +102,9 @@ pub(crate) fn gemm_into<T: Float>(a: &[T], b: &[T], out: &mut [T], m: usize, k: 
         unsafe { T::gemm_raw(m, k, n, a.as_ptr(), b.as_ptr(), out.as_mut_ptr()) };
         return;
     }
-    // Row bands, a few per thread so that a thread slowed by a noisy neighbour is balanced by the
-    // others stealing; each band repacks `b`, which costs 1/band of its compute, so bands stay >= 64 rows.
-    let band = (m.div_ceil(threads * BANDS_PER_THREAD)).max(64).div_ceil(8) * 8;
+    // One row band per thread: each band packs all of `b` again, so more bands would cost more packing
+    // than their load balancing could win back.
+    let band = m.div_ceil(threads).div_ceil(8) * 8;
     pool.install(|| {
         use rayon::prelude::*;
         out.par_chunks_mut(band * n)
