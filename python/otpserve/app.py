@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import sys
 from pathlib import Path
@@ -77,6 +78,11 @@ async def serve_forever(
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    # Everything allocated so far (numpy, the model, ~100k objects) lives as long as the server: move it out
+    # of the collector's sight. Without this, each full collection walks it all and stalls every request
+    # for ~40 ms; measured, that was the whole p99 (41 ms with, 10 ms without).
+    gc.collect()
+    gc.freeze()
     if not quiet:
         _announce(server, model, path, name)
     if started is not None:
