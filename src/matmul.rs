@@ -12,8 +12,8 @@ use crate::threads;
 
 /// Below this many multiply-adds, handing work to the pool costs more than it saves.
 const PARALLEL_MIN_WORK: usize = 1 << 21;
-/// Row chunks per thread on the unpacked path, which packs nothing: a few, so that a thread slowed by a
-/// noisy neighbour is balanced by the others stealing.
+/// Row chunks per thread, at most: a few, so that a thread slowed by a noisy neighbour is balanced by the
+/// others stealing.
 const BANDS_PER_THREAD: usize = 4;
 
 /// Weights up to this size are multiplied unpacked by the register-tiled kernel: they stay in each
@@ -102,9 +102,10 @@ pub(crate) fn gemm_into<T: Float>(a: &[T], b: &[T], out: &mut [T], m: usize, k: 
         unsafe { T::gemm_raw(m, k, n, a.as_ptr(), b.as_ptr(), out.as_mut_ptr()) };
         return;
     }
-    // One row band per thread: each band packs all of `b` again, so more bands would cost more packing
-    // than their load balancing could win back.
-    let band = m.div_ceil(threads).div_ceil(8) * 8;
+    // Row bands: several per thread, so that on a shared machine a thread slowed by a neighbour is
+    // balanced by the others stealing; but each band packs all of `b` again, so bands keep >= 256 rows,
+    // which holds the repacking under ~10% of the band's compute.
+    let band = m.div_ceil(threads * BANDS_PER_THREAD).max(256).div_ceil(8) * 8;
     pool.install(|| {
         use rayon::prelude::*;
         out.par_chunks_mut(band * n)
