@@ -156,6 +156,24 @@ mod tests {
     }
 
     #[test]
+    fn packed_gemm_path_is_exact_on_integers_serial_and_banded() {
+        // w of 600 x 500 f64 is 2.4 MB: past the unpacked limit, so this is matrixmultiply's path.
+        let (m, k, n) = (700, 600, 500);
+        let a: Vec<f64> = (0..m * k).map(|i| (i % 7) as f64 - 3.0).collect();
+        let b: Vec<f64> = (0..k * n).map(|i| (i % 5) as f64 - 2.0).collect();
+        let mut banded = vec![0f64; m * n];
+        matmul(&a, &b, &mut banded, m, k, n);
+        let mut serial = vec![0f64; m * n];
+        // SAFETY: the slices are (m, k), (k, n) and (m, n).
+        unsafe { f64::gemm_raw(m, k, n, a.as_ptr(), b.as_ptr(), serial.as_mut_ptr()) };
+        assert_eq!(banded, serial);
+        for (i, j) in [(0, 0), (350, 250), (699, 499)] {
+            let want: f64 = (0..k).map(|kk| a[i * k + kk] * b[kk * n + j]).sum();
+            assert_eq!(banded[i * n + j], want);
+        }
+    }
+
+    #[test]
     fn parallel_product_is_exact_on_integers() {
         let (m, k, n) = (300, 200, 100);
         let a: Vec<f64> = (0..m * k).map(|i| (i % 7) as f64).collect();

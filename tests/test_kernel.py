@@ -93,6 +93,22 @@ def test_mlp_forward_matches_numpy(batch: int, widths: list[int], dtype: type, s
     np.testing.assert_allclose(got, numpy_mlp(x, layers), **tolerance(dtype, max(widths) * 4))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_weights_too_big_for_cache_take_the_packed_gemm_path_and_still_match_numpy(dtype: type, threads: int) -> None:
+    rng = np.random.default_rng(7)
+    # w over 1 MiB: the packed, banded GEMM path, with the bias and ReLU pass after it.
+    x, w, b = random(rng, (601, 700), dtype), random(rng, (700, 523), dtype), random(rng, (523,), dtype)
+    before = kernel.get_num_threads()
+    kernel.set_num_threads(threads)
+    try:
+        np.testing.assert_allclose(kernel.matmul(x, w), x @ w, **tolerance(dtype, 700))
+        got = kernel.dense(x, w, b, activation="relu")
+        np.testing.assert_allclose(got, np.maximum(x @ w + b, 0), **tolerance(dtype, 700))
+    finally:
+        kernel.set_num_threads(before)
+
+
 def test_mlp_forward_on_the_784_128_10_model_matches_numpy_forward() -> None:
     rng = np.random.default_rng(0)
     w1, b1 = random(rng, (784, 128), np.float32), random(rng, (128,), np.float32)
