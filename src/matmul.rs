@@ -65,7 +65,7 @@ pub(crate) fn dense_into<T: Float>(p: &DenseProblem<'_, T>, out: &mut [T]) {
 fn unpacked<T: Float>(p: &DenseProblem<'_, T>, out: &mut [T]) {
     let pool = threads::pool();
     let threads = pool.current_num_threads();
-    if threads == 1 || p.m * p.k * p.n < PARALLEL_MIN_WORK || p.n == 0 {
+    if threads == 1 || p.m.saturating_mul(p.k).saturating_mul(p.n) < PARALLEL_MIN_WORK || p.n == 0 {
         small_batch::dense(p, out);
         return;
     }
@@ -97,7 +97,7 @@ pub(crate) fn gemm_into<T: Float>(a: &[T], b: &[T], out: &mut [T], m: usize, k: 
     }
     let pool = threads::pool();
     let threads = pool.current_num_threads();
-    if threads == 1 || m * n * k < PARALLEL_MIN_WORK {
+    if threads == 1 || m.saturating_mul(n).saturating_mul(k) < PARALLEL_MIN_WORK {
         // SAFETY: slice lengths were asserted by the callers to match the dimensions.
         unsafe { T::gemm_raw(m, k, n, a.as_ptr(), b.as_ptr(), out.as_mut_ptr()) };
         return;
