@@ -106,6 +106,7 @@ fn same_dtype(func: &str, args: &[(&dyn Display, Dtype)]) -> PyResult<Dtype> {
 }
 
 /// Borrow an input for reading: in place when C-contiguous and aligned, else from a C-order copy.
+/// `arr` must have passed `array_arg` with the dtype `T` stands for.
 fn borrow_input<'py, T: Element>(
     func: &str,
     arg: &dyn Display,
@@ -117,7 +118,9 @@ fn borrow_input<'py, T: Element>(
         arr.call_method1("copy", ("C",))?
             .cast_into::<PyUntypedArray>()?
     };
-    arr.cast_into::<PyArrayDyn<T>>()?
+    // SAFETY: `array_arg` checked that the dtype is T's (a copy keeps it), which is all the typed
+    // cast would check again beyond what `PyUntypedArray` already guarantees.
+    unsafe { arr.cast_into_unchecked::<PyArrayDyn<T>>() }
         .try_readonly()
         .map_err(|e| PyValueError::new_err(format!("{func}: {arg}: {e}")))
 }
@@ -390,14 +393,14 @@ fn mlp_forward<'py>(
     let mut checked = Vec::with_capacity(pairs.len());
     let mut features = x.shape()[1];
     for (i, (w, b)) in pairs.iter().enumerate() {
-        let (w, dw) = array_arg(F, &format!("layer {i}: w"), w, 2)?;
-        let (b, db) = array_arg(F, &format!("layer {i}: b"), b, 1)?;
+        let (w, dw) = array_arg(F, &LayerArg(i, "w"), w, 2)?;
+        let (b, db) = array_arg(F, &LayerArg(i, "b"), b, 1)?;
         same_dtype(
             F,
             &[
                 (&"x", dtype),
-                (&format!("layer {i} w"), dw),
-                (&format!("layer {i} b"), db),
+                (&LayerArg(i, "w"), dw),
+                (&LayerArg(i, "b"), db),
             ],
         )?;
         if w.shape()[0] != features {
