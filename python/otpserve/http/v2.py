@@ -31,13 +31,14 @@ DTYPES = {
 }
 NUMERIC = {name for name in DTYPES if name != "BOOL"}
 V2_NAMES = {np.dtype(v).str: k for k, v in DTYPES.items()}
+_BY_DTYPE: dict[np.dtype, str] = {}  # v2_datatype's cache: the lookup runs once per response
 
 
 class BadRequest(ValueError):
     """The request cannot be served as sent; the message says why (HTTP 400)."""
 
 
-@dataclass
+@dataclass(slots=True)
 class InferRequest:
     """A decoded inference request: its id, the one input tensor, and how to answer."""
 
@@ -49,7 +50,10 @@ class InferRequest:
 
 def v2_datatype(dtype: np.dtype) -> str:
     """The v2 name of a numpy dtype (FP32 for float32)."""
-    return V2_NAMES.get(np.dtype(dtype).newbyteorder("<").str, "FP32")
+    name = _BY_DTYPE.get(dtype)
+    if name is None:
+        name = _BY_DTYPE[dtype] = V2_NAMES.get(np.dtype(dtype).newbyteorder("<").str, "FP32")
+    return name
 
 
 def decode_json(body: bytes) -> InferRequest:

@@ -74,6 +74,7 @@ class Serving(Owner):
         self.name = name
         self.model = model
         self.layout = _layout_of(model, options.batch_size)
+        self._input_dtype = np.dtype(self.layout.input_dtype)
         self.queue = BatchQueue(options.batch_size, options.max_queue)
         self.metrics = ServingMetrics(self)
         self.partitions: list[Partition] = []
@@ -188,9 +189,11 @@ class Serving(Owner):
 
     def check_input(self, x: Any) -> np.ndarray:
         """Return ``x`` as a batch of this model's rows (first axis = batch), or raise ShapeError."""
-        layout = self.layout
+        layout, dtype = self.layout, self._input_dtype
+        if type(x) is np.ndarray and x.dtype == dtype and x.ndim > 1 and x.shape[1:] == layout.input_shape:
+            return x  # the HTTP path: already a decoded float32 batch
         arr = np.asarray(x)
-        if arr.dtype != layout.input_dtype:
+        if arr.dtype != dtype:
             if arr.dtype.kind not in "biuf":
                 raise ShapeError(f"input dtype {arr.dtype} is not numeric; the model takes {layout.input_dtype}")
             arr = arr.astype(layout.input_dtype)
