@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import pytest
-from _models import affine
+from _models import affine, crash_on_negative
 from otpserve.http import HttpServer
 from otpserve.models import FunctionModel
 from otpserve.serving import Serving
@@ -364,3 +364,21 @@ def test_fuzzed_requests_never_get_500_and_the_server_still_answers_correctly():
         assert status == 200
         np.testing.assert_allclose(np.array(json.loads(resp)["outputs"][0]["data"]).reshape(2, 3), affine(X), rtol=1e-6)
     assert statuses.get(400, 0) > 50
+
+
+def test_readiness_turns_false_when_workers_keep_dying_while_liveness_stays_true():
+    model = FunctionModel(crash_on_negative, input_shape=(4,), output_shape=(3,))
+    with running_server(model, batch_size=1, isolation="process", max_restarts=1, max_seconds=60.0) as (port, s, _):
+        assert request(port, "GET", "/v2/health/ready")[0] == 200
+        poison = -np.ones((1, 4), np.float32)  # crash_on_negative kills its worker on it, twice
+        status, headers, body = request(port, "POST", "/v2/models/tiny/infer", infer_body(poison))
+        assert status == 503 and headers.get("retry-after") == "1", body
+        for _ in range(100):
+            if request(port, "GET", "/v2/health/ready")[0] == 503:
+                break
+            time.sleep(0.05)
+        assert request(port, "GET", "/v2/health/ready")[0] == 503
+        assert request(port, "GET", "/v2/models/tiny/ready")[0] == 503
+        assert request(port, "GET", "/v2/health/live")[0] == 200
+        status, _, body = request(port, "POST", "/v2/models/tiny/infer", infer_body(X[:1]))
+        assert status == 503 and "stopped" in json.loads(body)["error"]

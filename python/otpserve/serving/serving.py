@@ -86,6 +86,7 @@ class Serving(Owner):
         self._supervisor: Supervisor | None = None
         self._watch: asyncio.Task | None = None
         self._accepting = False
+        self._stopped_because: str | None = None
         self._up = asyncio.Event()  # set once every partition can take batches
         self._idle = asyncio.Event()  # set while no batch is queued or running (for graceful stop)
         self._handler_id = f"otpserve-serving-{id(self)}"
@@ -136,7 +137,8 @@ class Serving(Owner):
         if self._accepting:
             log.error("serving %s: worker supervisor exited (%s); serving stops", self.name, reason)
             self._accepting = False
-            self._fail_all(ServingStopped(f"serving {self.name!r} stopped: its workers' supervisor exited"))
+            self._stopped_because = f"its workers kept dying and their supervisor gave up ({reason})"
+            self._fail_all(ServingStopped(f"serving {self.name!r} stopped: {self._stopped_because}"))
             self._up.set()
 
     async def stop(self, drain: bool = True) -> None:
@@ -207,7 +209,8 @@ class Serving(Owner):
         """Queue a checked batch ``x`` and return its request (``request.fut`` gives the output)."""
         loop = self._loop
         if loop is None or not self._accepting:
-            raise ServingStopped(f"serving {self.name!r} is not running")
+            why = f"stopped: {self._stopped_because}" if self._stopped_because else "is not running"
+            raise ServingStopped(f"serving {self.name!r} {why}")
         n = x.shape[0]
         if not self.queue.has_room(n):
             self.metrics.requests.inc(labels=(("outcome", "overloaded"),))
