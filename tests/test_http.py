@@ -368,7 +368,7 @@ def test_fuzzed_requests_never_get_500_and_the_server_still_answers_correctly():
 
 def test_readiness_turns_false_when_workers_keep_dying_while_liveness_stays_true():
     model = FunctionModel(crash_on_negative, input_shape=(4,), output_shape=(3,))
-    with running_server(model, batch_size=1, isolation="process", max_restarts=1, max_seconds=60.0) as (port, s, _):
+    with running_server(model, batch_size=1, isolation="process", max_restarts=1, max_seconds=60.0) as (port, _, _):
         assert request(port, "GET", "/v2/health/ready")[0] == 200
         poison = -np.ones((1, 4), np.float32)  # crash_on_negative kills its worker on it, twice
         status, headers, body = request(port, "POST", "/v2/models/tiny/infer", infer_body(poison))
