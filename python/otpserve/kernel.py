@@ -83,8 +83,10 @@ def mlp_forward(
     """The inference pass of an MLP in one call: dense layers with ReLU between them, none after the last.
 
     ``layers`` is a sequence of ``(w, b)`` pairs, ``w`` of shape (in, out). Every layer's shapes are checked
-    before anything is computed; errors name the layer index. Small batches (up to 16 rows) use a
-    register-tiled kernel with no packing, threads or allocation beyond the hidden activations.
+    before anything is computed; errors name the layer index. Layers whose weights fit in a core's L2
+    (up to 1 MiB), and any batch of up to 16 rows, run on a register-tiled AVX-512/AVX2 kernel that reads
+    the weights in place with no packing; small work stays on the calling thread, large batches are split
+    by rows over the kernel's threads. Bigger weights go to a packed GEMM.
     """
     return _kernel.mlp_forward(_coerce(x), layers, out)
 
