@@ -106,6 +106,16 @@ class Router:
     def infer(self, conn: HttpConnection, req: Incoming, name: str) -> None:
         """Decode, queue and, when the batch is done, answer one inference request."""
         serving = self._serving(name)
+        if serving.queue_full:
+            # Refuse before decoding: under overload a refusal must cost far less than an answer, or the
+            # refusals themselves eat the capacity the accepted requests need.
+            serving.metrics.requests.inc(labels=(("outcome", "overloaded"),))
+            raise _HttpError(
+                503,
+                f"model {name!r} is overloaded: queue full ({serving.queue_depth} of "
+                f"{serving.options.max_queue} rows queued); retry later",
+                RETRY_AFTER,
+            )
         headers = req.headers
         try:
             header_length = headers.get(b"inference-header-content-length")

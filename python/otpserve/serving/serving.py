@@ -185,6 +185,11 @@ class Serving(Owner):
         return sum(1 for p in self.partitions if p.alive)
 
     @property
+    def queue_full(self) -> bool:
+        """Whether a request of one more row would be refused right now."""
+        return not self.queue.has_room(1)
+
+    @property
     def queue_depth(self) -> int:
         """Rows waiting for a batch."""
         return self.queue.rows
