@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from _models import affine, crash_on_negative
 from otpserve.http import HttpServer
+from otpserve.http.shedding import LoadShedder
 from otpserve.models import FunctionModel
 from otpserve.serving import Serving
 
@@ -382,3 +383,51 @@ def test_readiness_turns_false_when_workers_keep_dying_while_liveness_stays_true
         assert request(port, "GET", "/v2/health/live")[0] == 200
         status, _, body = request(port, "POST", "/v2/models/tiny/infer", infer_body(X[:1]))
         assert status == 503 and "stopped" in json.loads(body)["error"]
+
+
+def test_load_shedder_sheds_above_its_high_mark_until_lag_falls_below_its_low_mark():
+    shedder = LoadShedder(above=0.008, below=0.004)
+    assert [shedder.observe(lag) for lag in (0.001, 0.009, 0.006, 0.005, 0.003, 0.007)] == [
+        False,
+        True,
+        True,
+        True,
+        False,
+        False,
+    ]
+    with pytest.raises(ValueError, match="below"):
+        LoadShedder(above=0.001, below=0.002)
+
+
+def test_while_the_loop_runs_late_inference_is_refused_with_503_before_decoding():
+    with running_server(batch_size=4) as (port, serving, server):
+        server.shedder.above = server.shedder.below = 1e9  # the lag watcher may not change the decision
+        server.shedder.shedding = True
+        status, headers, body = request(port, "POST", "/v2/models/tiny/infer", b"not even json")
+        assert status == 503 and headers.get("retry-after") == "1"
+        assert "overloaded" in json.loads(body)["error"]
+        assert request(port, "GET", "/v2/health/live")[0] == 200  # only inference is shed
+        server.shedder.shedding = False
+        assert request(port, "POST", "/v2/models/tiny/infer", infer_body(X))[0] == 200
+        assert serving.metrics.requests.get((("outcome", "overloaded"),)) == 1
+        assert server.shed.get() == 1
+
+
+def test_blocking_the_event_loop_shows_up_as_lag_and_turns_shedding_on():
+    with running_server(batch_size=4) as (_, _, server):
+        loop_blocked = threading.Event()
+
+        def block() -> None:
+            loop_blocked.set()
+            time.sleep(0.1)  # the loop is stuck, as under a flood of requests
+
+        server.loop.call_soon_threadsafe(block)
+        loop_blocked.wait(5)
+        deadline = time.monotonic() + 5
+        while not server.shedder.shedding and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert server.shedder.shedding, f"lag {server.shedder.lag}"
+        deadline = time.monotonic() + 5
+        while server.shedder.shedding and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not server.shedder.shedding  # and it recovers once the loop keeps time again

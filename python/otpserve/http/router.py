@@ -106,6 +106,15 @@ class Router:
     def infer(self, conn: HttpConnection, req: Incoming, name: str) -> None:
         """Decode, queue and, when the batch is done, answer one inference request."""
         serving = self._serving(name)
+        if self.server.shedder.shedding:
+            self.server.shed.inc()
+            serving.metrics.requests.inc(labels=(("outcome", "overloaded"),))
+            raise _HttpError(
+                503,
+                f"server overloaded: requests wait {self.server.shedder.lag * 1000:.0f} ms before they are read; "
+                "retry later",
+                RETRY_AFTER,
+            )
         if serving.queue_full:
             # Refuse before decoding: under overload a refusal must cost far less than an answer, or the
             # refusals themselves eat the capacity the accepted requests need.

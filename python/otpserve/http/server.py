@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from time import perf_counter
 from typing import TYPE_CHECKING
 
 from otpserve.http.protocol import HttpConnection
 from otpserve.http.router import Router
-from otpserve.metrics import Counter, Registry, render_many
+from otpserve.http.shedding import LoadShedder
+from otpserve.metrics import Counter, Gauge, Registry, render_many
 
 if TYPE_CHECKING:
     from otpserve.serving import Serving
@@ -35,6 +37,7 @@ class HttpServer:
         max_body: int = 16 * 1024 * 1024,
         request_timeout: float = 10.0,
         backlog: int = 2048,
+        shedder: LoadShedder | None = None,
     ) -> None:
         self.servings = servings
         self.host = host
@@ -44,12 +47,19 @@ class HttpServer:
         # A request whose body stops arriving for this long is answered 408 and its connection closed.
         self.request_timeout = request_timeout
         self.backlog = backlog
+        self.shedder = shedder if shedder is not None else LoadShedder()
         self.connections: set[HttpConnection] = set()
         self.router = Router(self)
         self.registry = Registry()
         self.responses = self.registry.add(Counter("otpserve_http_responses_total", "HTTP responses by status."))
+        self.shed = self.registry.add(Counter("otpserve_http_shed_total", "Inference refused while the loop ran late."))
+        self.registry.add(
+            Gauge("otpserve_event_loop_lag_seconds", "How late the last loop tick ran.", lambda: self.shedder.lag)
+        )
+        self.loop: asyncio.AbstractEventLoop | None = None  # the loop the server runs on, once started
         self._server: asyncio.base_events.Server | None = None
         self._sweeper: asyncio.Task | None = None
+        self._lag_watch: asyncio.Task | None = None
 
     @property
     def url(self) -> str:
@@ -68,7 +78,7 @@ class HttpServer:
 
     async def start(self) -> HttpServer:
         """Bind and start accepting connections; port 0 picks a free port (read it back from ``port``)."""
-        loop = asyncio.get_running_loop()
+        loop = self.loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: HttpConnection(self.router, loop),
             self.host,
@@ -78,7 +88,16 @@ class HttpServer:
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self._sweeper = asyncio.create_task(self._sweep(), name="otpserve-http-sweep")
+        self._lag_watch = asyncio.create_task(self._watch_lag(), name="otpserve-http-lag")
         return self
+
+    async def _watch_lag(self, interval: float = 0.005) -> None:
+        """Every few ms, measure how late the loop runs a timer: the shedder's input (~200 cheap wake-ups/s)."""
+        observe = self.shedder.observe
+        while True:
+            t0 = perf_counter()
+            await asyncio.sleep(interval)
+            observe(max(0.0, perf_counter() - t0 - interval))
 
     async def _sweep(self) -> None:
         """Once a second, time out connections stuck mid-request (one timer for all, not one per request)."""
@@ -101,10 +120,11 @@ class HttpServer:
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.close()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        for task in (self._sweeper, self._lag_watch):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self._server.wait_closed()
         self._server = None
 
