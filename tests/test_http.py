@@ -386,15 +386,10 @@ def test_readiness_turns_false_when_workers_keep_dying_while_liveness_stays_true
 
 
 def test_load_shedder_sheds_above_its_high_mark_until_lag_falls_below_its_low_mark():
-    shedder = LoadShedder(above=0.008, below=0.004)
-    assert [shedder.observe(lag) for lag in (0.001, 0.009, 0.006, 0.005, 0.003, 0.007)] == [
-        False,
-        True,
-        True,
-        True,
-        False,
-        False,
-    ]
+    shedder = LoadShedder(above=0.008, below=0.004, sustain=2)
+    lags = (0.001, 0.05, 0.001, 0.009, 0.009, 0.006, 0.005, 0.003, 0.007)
+    # one stall is not overload; two late ticks in a row are; it holds until lag drops below 4 ms
+    assert [shedder.observe(lag) for lag in lags] == [False, False, False, False, True, True, True, False, False]
     with pytest.raises(ValueError, match="below"):
         LoadShedder(above=0.001, below=0.002)
 
@@ -417,11 +412,13 @@ def test_blocking_the_event_loop_shows_up_as_lag_and_turns_shedding_on():
     with running_server(batch_size=4) as (_, _, server):
         loop_blocked = threading.Event()
 
-        def block() -> None:
+        def block(times: int) -> None:
             loop_blocked.set()
-            time.sleep(0.1)  # the loop is stuck, as under a flood of requests
+            time.sleep(0.03)  # the loop is stuck, as under a flood of requests, tick after tick
+            if times > 1:
+                server.loop.call_later(0.001, block, times - 1)
 
-        server.loop.call_soon_threadsafe(block)
+        server.loop.call_soon_threadsafe(block, 10)
         loop_blocked.wait(5)
         deadline = time.monotonic() + 5
         while not server.shedder.shedding and time.monotonic() < deadline:
