@@ -7,7 +7,7 @@ escalation are those of ``Supervisor``.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Self
+from typing import Self
 
 from .child import Child, ChildSpec
 from .errors import ChildNotFound, ChildStartError, MaxChildrenReached
@@ -31,25 +31,6 @@ class DynamicSupervisor(SupervisorBase):
             raise ValueError(f"max_children must be >= 0 or None, got {max_children!r}")
         super().__init__(name=name, max_restarts=max_restarts, max_seconds=max_seconds, backoff=backoff)
         self.max_children = max_children
-
-    @classmethod
-    async def start_link(cls, *args: Any, **kwargs: Any) -> Self:
-        return await cls(*args, **kwargs).start()
-
-    @classmethod
-    def child_spec(
-        cls,
-        *args: Any,
-        id: Any = None,
-        restart: Literal["permanent", "transient", "temporary"] = "permanent",
-        shutdown: float | Literal["brutal_kill", "infinity"] = "infinity",
-        **kwargs: Any,
-    ) -> ChildSpec:
-        async def start() -> Child:
-            return await cls(*args, **kwargs).start()
-
-        child_id = id if id is not None else kwargs.get("name") or cls.__name__
-        return ChildSpec(child_id, start, restart=restart, shutdown=shutdown, type="supervisor")
 
     async def start(self) -> Self:
         self._begin()

@@ -15,7 +15,7 @@ import inspect
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from .. import telemetry
 from . import registry
@@ -83,6 +83,32 @@ class SupervisorBase:
         self._done = asyncio.Event()
         self._reason: ExitReason | None = None
         self._stopping = False
+
+    async def start(self) -> Self:
+        """Start the supervisor (and, for a Supervisor, its children in order)."""
+        raise NotImplementedError
+
+    @classmethod
+    async def start_link(cls, *args: Any, **kwargs: Any) -> Self:
+        """``await Supervisor.start_link(children, ...)``: construct and start."""
+        return await cls(*args, **kwargs).start()
+
+    @classmethod
+    def child_spec(
+        cls,
+        *args: Any,
+        id: Any = None,
+        restart: Literal["permanent", "transient", "temporary"] = "permanent",
+        shutdown: float | Literal["brutal_kill", "infinity"] = "infinity",
+        **kwargs: Any,
+    ) -> ChildSpec:
+        """A spec that starts a fresh ``cls(*args, **kwargs)`` at every (re)start, for nesting supervisors."""
+
+        async def start() -> Child:
+            return await cls(*args, **kwargs).start()
+
+        child_id = id if id is not None else kwargs.get("name") or cls.__name__
+        return ChildSpec(child_id, start, restart=restart, shutdown=shutdown, type="supervisor")
 
     # ---- identity -------------------------------------------------------------------------------
 

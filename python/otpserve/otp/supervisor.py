@@ -44,28 +44,6 @@ class Supervisor(SupervisorBase):
         if len(set(ids)) != len(ids):
             raise ValueError(f"child ids must be unique, got {ids!r}")
 
-    @classmethod
-    async def start_link(cls, *args: Any, **kwargs: Any) -> Self:
-        """``await Supervisor.start_link(children, ...)``: construct and start."""
-        return await cls(*args, **kwargs).start()
-
-    @classmethod
-    def child_spec(
-        cls,
-        *args: Any,
-        id: Any = None,
-        restart: Literal["permanent", "transient", "temporary"] = "permanent",
-        shutdown: float | Literal["brutal_kill", "infinity"] = "infinity",
-        **kwargs: Any,
-    ) -> ChildSpec:
-        """A spec that starts a fresh ``cls(*args, **kwargs)`` at every (re)start, for nesting supervisors."""
-
-        async def start() -> Child:
-            return await cls(*args, **kwargs).start()
-
-        child_id = id if id is not None else kwargs.get("name") or cls.__name__
-        return ChildSpec(child_id, start, restart=restart, shutdown=shutdown, type="supervisor")
-
     async def start(self) -> Self:
         """Start the children in order; if one fails, stop the started ones and raise ChildStartError."""
         self._begin()
