@@ -9,7 +9,7 @@ capacity, while an open-loop probe times single requests and splits them into ac
     .venv/bin/python bench/serve.py [--peers hello,litserve,ray] [--dur 20s] [--skip-overload]
 
 Prints req/s, p50, p99 for each server and the ratios otpserve / peer. Peer venvs come from
-``shared/bench/peers/setup_venvs.sh`` (run it once; it takes a few minutes).
+``bench/setup.sh`` (wrk + ``shared/bench/peers/setup_venvs.sh``; run it once, it takes a few minutes).
 """
 
 from __future__ import annotations

@@ -1,16 +1,11 @@
 #!/usr/bin/env bash
-# Idempotent set-up: Debian packages, uv, the locked Python environment in .venv/, and the native extension.
+# Idempotent set-up: uv, the locked Python environment in .venv/, and the native extension (release build).
+# Serving and tests need no Debian package beyond Python 3.11 and a Rust toolchain; bench/serve.py needs wrk
+# (bench/setup.sh installs it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need_apt=()
 command -v cargo >/dev/null || { echo "setup: cargo (Rust toolchain) is required" >&2; exit 1; }
-command -v wrk >/dev/null || need_apt+=(wrk)
-if [ ${#need_apt[@]} -gt 0 ] && [ "$(id -u)" = 0 ]; then
-    echo "setup: installing Debian packages: ${need_apt[*]}"
-    (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need_apt[@]}") >/dev/null \
-        || echo "setup: could not install ${need_apt[*]} (only benchmarks need them)" >&2
-fi
 
 if ! command -v uv >/dev/null; then
     echo "setup: installing uv"

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Everything bench/serve.py needs beyond scripts/setup.sh: wrk (Debian) and the peers' venvs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+if ! command -v wrk >/dev/null; then
+    [ "$(id -u)" = 0 ] || { echo "bench/setup.sh: wrk is missing; install it (apt-get install wrk)" >&2; exit 1; }
+    apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk >/dev/null
+fi
+PEERS_DIR=${PEERS_DIR:-$(cd .. && pwd)/shared/bench/peers}
+bash "$PEERS_DIR/setup_venvs.sh"
