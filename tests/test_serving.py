@@ -339,3 +339,26 @@ def test_stopping_a_process_serving_leaves_no_worker_process_or_shared_memory_be
             os.kill(pid, 0)
     leftovers = [f for f in os.listdir("/dev/shm") if f.startswith(f"otpserve-p{os.getpid()}-")]
     assert leftovers == []
+
+
+class Unpicklable:
+    """A model that cannot be sent to a worker process (a lambda inside)."""
+
+    input_shape = (4,)
+    output_shape = (3,)
+
+    def __init__(self) -> None:
+        self.fn = lambda x: x
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return affine(x)
+
+
+def test_a_worker_that_cannot_start_fails_start_and_leaves_no_shared_memory_behind():
+    async def main():
+        with pytest.raises(Exception, match=r"could not start|pickle"):
+            await Serving(Unpicklable(), **process_options(partitions=1)).start()
+
+    asyncio.run(main())
+    leftovers = [f for f in os.listdir("/dev/shm") if f.startswith(f"otpserve-p{os.getpid()}-")]
+    assert leftovers == []

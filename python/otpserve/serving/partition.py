@@ -158,12 +158,18 @@ class ProcessPartition(Partition):
         ours, theirs = ctx.Pipe(duplex=True)
         self.conn = ours
         self.state = STARTING
-        child = start_process(
-            worker_main,
-            args=(self.model, theirs, self.path, layout, self.threads),
-            name=f"otpserve-partition-{self.index}",
-            method=self.start_method,
-        )
+        try:
+            child = start_process(
+                worker_main,
+                args=(self.model, theirs, self.path, layout, self.threads),
+                name=f"otpserve-partition-{self.index}",
+                method=self.start_method,
+            )
+        except BaseException:
+            theirs.close()
+            self._close()  # nothing may stay in /dev/shm when the process never started
+            self.state = DOWN
+            raise
         theirs.close()  # only the worker holds its end now, so its death reads as EOF here
         self.pid = child.pid
         self._loop.add_reader(ours.fileno(), self._readable, ours)
