@@ -428,3 +428,67 @@ def test_blocking_the_event_loop_shows_up_as_lag_and_turns_shedding_on():
         while server.shedder.shedding and time.monotonic() < deadline:
             time.sleep(0.01)
         assert not server.shedder.shedding  # and it recovers once the loop keeps time again
+
+
+def test_a_protocol_error_behind_an_in_flight_request_is_answered_after_it_in_order():
+    model = Gated()
+    model.gate.clear()
+    with running_server(model, batch_size=1, max_body=20_000) as (port, _, _):
+        good = infer_body(X[:1], id="first")
+        data = b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(good), good)
+        data += b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 999999\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(data)
+            time.sleep(0.2)
+            model.gate.set()
+            reply = b""
+            while chunk := s.recv(65536):
+                reply += chunk
+        assert reply.index(b"HTTP/1.1 200") < reply.index(b"HTTP/1.1 413")
+        assert b'"id":"first"' in reply
+
+
+def test_hundreds_of_pipelined_requests_are_all_answered():
+    model = Gated()
+    model.gate.clear()
+    with running_server(model, batch_size=1) as (port, _, _):
+        body = infer_body(X[:1])
+        data = b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        data += b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n" * 600
+        data += b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            sender = threading.Thread(target=s.sendall, args=(data,))
+            sender.start()
+            time.sleep(0.2)
+            model.gate.set()
+            reply = b""
+            while chunk := s.recv(65536):
+                reply += chunk
+            sender.join(10)
+        assert reply.count(b"HTTP/1.1 200") == 602
+        assert b"HTTP/1.1 500" not in reply
+
+
+def test_binary_request_with_a_hostile_shape_gets_400(port):
+    header = json.dumps({"inputs": [{"name": "input", "shape": [4611686018427387904, 4], "datatype": "FP32"}]}).encode()
+    status, _, body = request(
+        port, "POST", "/v2/models/tiny/infer", header, {"Inference-Header-Content-Length": str(len(header))}
+    )
+    assert status == 400 and "needs" in json.loads(body)["error"]
+
+
+def test_head_gets_headers_only_and_idle_keep_alive_connections_are_closed():
+    with running_server(batch_size=4) as (port, _, server):
+        server.keep_alive_timeout = 0.5
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(
+                b"HEAD /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\nGET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+            )
+            reply = b""
+            t0 = time.monotonic()
+            while chunk := s.recv(65536):  # the server closes the idle connection after ~0.5-1.5 s
+                reply += chunk
+            assert time.monotonic() - t0 < 4
+        head, get = reply.split(b"HTTP/1.1 200")[1:]
+        assert head.endswith(b"\r\n\r\n") and b"live" not in head
+        assert get.endswith(b'{"live":true}')

@@ -362,3 +362,34 @@ def test_a_worker_that_cannot_start_fails_start_and_leaves_no_shared_memory_behi
     asyncio.run(main())
     leftovers = [f for f in os.listdir("/dev/shm") if f.startswith(f"otpserve-p{os.getpid()}-")]
     assert leftovers == []
+
+
+class FailsOnce:
+    """Raises on its first batch only."""
+
+    input_shape = (4,)
+    output_shape = (3,)
+
+    def __init__(self) -> None:
+        self.failed = False
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("first batch fails")
+        return affine(x)
+
+
+def test_a_failed_batch_of_a_split_request_frees_its_queued_rows_so_later_requests_run():
+    async def main():
+        async with Serving(FailsOnce(), batch_size=4, batch_timeout=0.001, default_timeout=5.0) as s:
+            big = asyncio.ensure_future(s.run(rows(6)))  # 4 rows in the failing batch, 2 still queued
+            small = asyncio.ensure_future(s.run(rows(1, 9)))
+            with pytest.raises(RuntimeError, match="first batch fails"):
+                await big
+            np.testing.assert_allclose(await small, affine(rows(1, 9)), rtol=1e-6)
+            assert s.queue_depth == 0
+            later = await asyncio.wait_for(s.run(rows(1, 3)), 2)  # would wait for its deadline if rows leaked
+            np.testing.assert_allclose(later, affine(rows(1, 3)), rtol=1e-6)
+
+    asyncio.run(main())

@@ -36,6 +36,8 @@ REASONS = {
     504: b"Gateway Timeout",
 }
 MAX_HEADER_BYTES = 64 * 1024
+# Requests a client may pipeline ahead of its answers before the server stops reading from it.
+MAX_PIPELINED = 64
 
 
 class Incoming:
@@ -73,9 +75,12 @@ class HttpConnection(asyncio.Protocol):
         "_body",
         "_body_size",
         "_closing",
+        "_draining",
+        "_failure",
         "_header_bytes",
         "_headers",
         "_parser",
+        "_paused",
         "_pending",
         "_url",
         "busy",
@@ -103,6 +108,9 @@ class HttpConnection(asyncio.Protocol):
         self.cancel_current: Any = None  # undoes the in-flight request if the client leaves
         self.reading_message = False
         self.last_activity = loop.time()
+        self._failure: tuple[int, str] | None = None  # a protocol error waiting for the in-flight answer
+        self._draining = False
+        self._paused = False
 
     # ---- asyncio.Protocol ------------------------------------------------------------------------------
 
@@ -173,6 +181,10 @@ class HttpConnection(asyncio.Protocol):
         req = Incoming(self._parser.get_method(), self._url, self._headers, body, self._parser.should_keep_alive())
         if self.busy:
             self._pending.append(req)
+            if len(self._pending) >= MAX_PIPELINED and self.transport is not None:
+                # A client pipelining without reading its answers: stop reading until it catches up.
+                self.transport.pause_reading()
+                self._paused = True
         else:
             self.busy = True
             self.router.handle(self, req)
@@ -192,30 +204,63 @@ class HttpConnection(asyncio.Protocol):
         if transport is None:
             return
         transport.write(data)
+        self.last_activity = self.loop.time()
         if not keep_alive:
             self._closing = True
             transport.close()
             return
         self.busy = False
-        if self._pending:
-            self.busy = True
-            self.router.handle(self, self._pending.popleft())
+        if self._failure is not None:
+            # A protocol error came in behind the request just answered: its answer goes out in order.
+            self._write_failure(*self._failure)
+            return
+        if self._draining:
+            return  # an outer send() is already working through the pipelined requests
+        self._draining = True
+        try:
+            # A loop, not recursion: hundreds of pipelined quick answers must not exhaust the stack.
+            while self._pending and not self.busy and self.transport is not None and not self._closing:
+                self.busy = True
+                self.router.handle(self, self._pending.popleft())
+        finally:
+            self._draining = False
+        if self._paused and len(self._pending) < MAX_PIPELINED // 2 and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
 
     def fail(self, status: int, message: str) -> None:
         """Answer a protocol-level error and close: the stream can no longer be trusted."""
         if self._closing or self.transport is None:
             return
         self._closing = True
+        self._pending.clear()
+        if self.busy:
+            # The request before the bad bytes is still being answered: answer it first, then the error.
+            self._failure = (status, message)
+            self.transport.pause_reading()
+            return
+        self._write_failure(status, message)
+
+    def _write_failure(self, status: int, message: str) -> None:
         self.cancel_current = None
+        self._failure = None
+        if self.transport is None:
+            return
         self.router.server.count_status(status)
         body = self.router.error_body(message)
         self.transport.write(response_bytes(status, body, b"application/json", close=True))
         self.transport.close()
 
-    def idle_check(self, now: float, timeout: float) -> None:
-        """Close a connection stuck mid-request (e.g. a body shorter than its Content-Length)."""
-        if self.reading_message and not self.busy and now - self.last_activity > timeout:
+    def idle_check(self, now: float, timeout: float, keep_alive: float) -> None:
+        """Close a connection stuck mid-request (a body shorter than its Content-Length), or idle too long."""
+        if self.busy:
+            return
+        idle = now - self.last_activity
+        if self.reading_message and idle > timeout:
             self.fail(408, f"request not completed within {timeout:g} s (body shorter than its Content-Length?)")
+        elif not self.reading_message and idle > keep_alive and self.transport is not None:
+            self._closing = True
+            self.transport.close()  # an idle keep-alive connection: free its file descriptor
 
 
 class _Refused(Exception):

@@ -191,7 +191,10 @@ class Router:
     ) -> None:
         self.server.count_status(status)
         keep_alive = req.keep_alive
-        conn.send(response_bytes(status, body, content_type, extra, close=not keep_alive), keep_alive)
+        response = response_bytes(status, body, content_type, extra, close=not keep_alive)
+        if req.method == b"HEAD":
+            response = response[: len(response) - len(body)]  # headers only (Content-Length still says it all)
+        conn.send(response, keep_alive)
 
     @staticmethod
     def model_metadata(name: str, serving: Serving) -> dict[str, Any]:

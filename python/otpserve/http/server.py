@@ -36,6 +36,7 @@ class HttpServer:
         *,
         max_body: int = 16 * 1024 * 1024,
         request_timeout: float = 10.0,
+        keep_alive_timeout: float = 75.0,
         backlog: int = 2048,
         shedder: LoadShedder | None = None,
     ) -> None:
@@ -46,6 +47,8 @@ class HttpServer:
         self.max_body = max_body
         # A request whose body stops arriving for this long is answered 408 and its connection closed.
         self.request_timeout = request_timeout
+        # An idle keep-alive connection is closed after this long (nginx's default), freeing its descriptor.
+        self.keep_alive_timeout = keep_alive_timeout
         self.backlog = backlog
         self.shedder = shedder if shedder is not None else LoadShedder()
         self.connections: set[HttpConnection] = set()
@@ -106,7 +109,7 @@ class HttpServer:
             await asyncio.sleep(min(1.0, self.request_timeout / 2))
             now = loop.time()
             for conn in list(self.connections):
-                conn.idle_check(now, self.request_timeout)
+                conn.idle_check(now, self.request_timeout, self.keep_alive_timeout)
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop accepting, give in-flight requests ``grace`` seconds, then close every connection."""

@@ -8,6 +8,7 @@ message naming the problem, which the router turns into a 400.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,7 +99,7 @@ def decode_binary(body: bytes, header_length: bytes) -> InferRequest:
     if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
         raise BadRequest(f"input {name!r}: shape {shape!r} must be a list of non-negative integers")
     dtype = DTYPES[datatype]
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)  # Python ints: a hostile shape cannot wrap around
     raw = body[n:]
     params = spec.get("parameters") or {}
     size = params.get("binary_data_size", len(raw)) if isinstance(params, dict) else len(raw)

@@ -141,6 +141,8 @@ class ProcessPartition(Partition):
         """Set up the pipe and shared buffer for this (re)start, then launch the worker process."""
         from otpserve.otp.process import start_process
 
+        if self.conn is not None:
+            self._down(self.conn)  # the supervisor saw the exit before we saw EOF: report the held batch first
         self._close()
         self._loop = asyncio.get_running_loop()
         layout = self.layout

@@ -86,6 +86,7 @@ class Serving(Owner):
         self._supervisor: Supervisor | None = None
         self._watch: asyncio.Task | None = None
         self._accepting = False
+        self._running = False  # workers may still run batches (true through a draining stop)
         self._stopped_because: str | None = None
         self._up = asyncio.Event()  # set once every partition can take batches
         self._idle = asyncio.Event()  # set while no batch is queued or running (for graceful stop)
@@ -123,6 +124,7 @@ class Serving(Owner):
         await self._supervisor.start()
         self._watch = asyncio.create_task(self._watch_supervisor(), name=f"{self.name}.watch")
         self._accepting = True
+        self._running = True
         self._idle.set()
         await self._up.wait()
         if not self.ready:
@@ -136,7 +138,7 @@ class Serving(Owner):
         reason = await self._supervisor.wait()
         if self._accepting:
             log.error("serving %s: worker supervisor exited (%s); serving stops", self.name, reason)
-            self._accepting = False
+            self._accepting = self._running = False
             self._stopped_because = f"its workers kept dying and their supervisor gave up ({reason})"
             self._fail_all(ServingStopped(f"serving {self.name!r} stopped: {self._stopped_because}"))
             self._up.set()
@@ -151,7 +153,9 @@ class Serving(Owner):
             self._dispatch()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), self.options.shutdown)
-        self._fail_all(ServingStopped(f"serving {self.name!r} stopped"))
+        self._running = False
+        stopped = ServingStopped(f"serving {self.name!r} stopped")
+        self._fail_all(stopped)
         telemetry.detach(self._handler_id)
         if self._supervisor is not None:
             await self._supervisor.stop()
@@ -159,6 +163,9 @@ class Serving(Owner):
             await self._watch
             self._watch = None
         for part in self.partitions:
+            held, part.batch = part.batch, None
+            if held is not None:  # the drain timed out with this batch still running: its callers must hear
+                self.batch_done(part, held, stopped)
             if isinstance(part, ProcessPartition):
                 part.shutdown()
         if self._timer is not None:
@@ -336,6 +343,7 @@ class Serving(Owner):
 
     def _expire(self, req: Request, timeout: float) -> None:
         if req.fut.done():
+            self.queue.drop(req)
             req.finish()
             return
         self.queue.drop(req)
@@ -353,6 +361,7 @@ class Serving(Owner):
         if isinstance(result, BaseException):
             for req, _, _ in batch.parts:
                 if not req.fut.done():
+                    self.queue.drop(req)  # rows of it still queued (a split request) will not run
                     req.finish()
                     req.fut.set_exception(result)
                     m.requests.inc(labels=(("outcome", "error"),))
@@ -399,7 +408,7 @@ class Serving(Owner):
             self._check_idle()
             return
         batch.attempts += 1
-        if batch.attempts <= 1 and self._accepting:
+        if batch.attempts <= 1 and self._running:
             self.metrics.reruns.inc()
             log.warning(
                 "serving %s: partition %d died mid-batch; re-running its %d rows",
