@@ -16,8 +16,8 @@ a deadline passed 504; a worker that died twice on the same batch 503. Never a 5
 
 from __future__ import annotations
 
-import asyncio
 import logging
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -33,6 +33,7 @@ from otpserve.http.v2 import (
     encode_json,
     v2_datatype,
 )
+from otpserve.serving.batch_queue import DONE, Request
 
 if TYPE_CHECKING:
     from otpserve.http.server import HttpServer
@@ -137,20 +138,27 @@ class Router:
         if raw_timeout is not None:
             timeout = _parse_timeout(raw_timeout)
         try:
-            pending = serving.submit(x, timeout)
+            pending = serving.submit(x, timeout, partial(self._answer, conn, req, name, decoded))
         except Overloaded as exc:
             raise _HttpError(503, str(exc), RETRY_AFTER) from None
         except ServingStopped as exc:
             raise _HttpError(503, str(exc), RETRY_AFTER) from None
-        conn.cancel_current = lambda: serving.cancel(pending)
-        pending.fut.add_done_callback(lambda fut: self._answer(conn, req, name, decoded, fut))
+        if pending.state != DONE:
+            conn.cancel_current = partial(serving.cancel, pending)
 
-    def _answer(self, conn: HttpConnection, req: Incoming, name: str, decoded: InferRequest, fut: asyncio.Future):
-        if fut.cancelled():
-            return  # the client left; nobody to answer
-        exc = fut.exception()
+    def _answer(self, conn: HttpConnection, req: Incoming, name: str, decoded: InferRequest, done: Request) -> None:
+        try:
+            self._answer_inference(conn, req, name, decoded, done)
+        except Exception as exc:  # a bug of ours: the client still gets an answer, the server lives on
+            log.exception("unhandled error answering an inference on %r", req.path)
+            self._reply(conn, req, 500, self.error_body(f"internal error: {type(exc).__name__}: {exc}"))
+
+    def _answer_inference(
+        self, conn: HttpConnection, req: Incoming, name: str, decoded: InferRequest, done: Request
+    ) -> None:
+        exc = done.error
         if exc is None:
-            y = fut.result()
+            y = done.out
             if decoded.binary_output:
                 body, n = encode_binary(name, decoded.id, y)
                 extra = b"inference-header-content-length: %d\r\n" % n

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 
 import numpy as np
 
@@ -18,12 +19,36 @@ QUEUED, RUNNING, DONE = 0, 1, 2
 
 
 class Request:
-    """One caller's rows, its future, and how far they have been dispatched."""
+    """One caller's rows, how far they have been dispatched, and how the caller hears back.
 
-    __slots__ = ("deadline_handle", "dispatched", "enqueued_at", "fut", "n", "out", "pending", "state", "x")
+    A caller waits either on ``fut`` (``Serving.run``) or is called back with the request itself once
+    ``out`` or ``error`` is set (the HTTP path: no future, no extra loop turn per answer).
+    """
 
-    def __init__(self, fut: asyncio.Future, x: np.ndarray, enqueued_at: float) -> None:
+    __slots__ = (
+        "callback",
+        "deadline_handle",
+        "dispatched",
+        "enqueued_at",
+        "error",
+        "fut",
+        "n",
+        "out",
+        "pending",
+        "state",
+        "x",
+    )
+
+    def __init__(
+        self,
+        x: np.ndarray,
+        enqueued_at: float,
+        fut: asyncio.Future | None = None,
+        callback: Callable[[Request], None] | None = None,
+    ) -> None:
         self.fut = fut
+        self.callback = callback
+        self.error: BaseException | None = None
         self.x = x
         self.n = x.shape[0]
         self.dispatched = 0  # rows already placed in a batch
@@ -53,7 +78,7 @@ class Batch:
 
     def live(self) -> bool:
         """Whether any caller still waits for this batch."""
-        return any(not req.fut.done() for req, _, _ in self.parts)
+        return any(req.state != DONE for req, _, _ in self.parts)
 
     def fill(self, buf: np.ndarray) -> np.ndarray:
         """Copy this batch's rows into the front of ``buf`` and return that view."""
@@ -106,7 +131,7 @@ class BatchQueue:
         requests = self._requests
         while room and requests:
             req = requests[0]
-            if req.fut.done() or req.dispatched >= req.n:
+            if req.state == DONE or req.dispatched >= req.n:
                 requests.popleft()
                 continue
             take = min(room, req.n - req.dispatched)
@@ -127,7 +152,7 @@ class BatchQueue:
         requests = self._requests
         while requests:
             req = requests[0]
-            if req.fut.done() or req.dispatched >= req.n:
+            if req.state == DONE or req.dispatched >= req.n:
                 requests.popleft()
                 continue
             return req
@@ -135,7 +160,7 @@ class BatchQueue:
 
     def drain(self) -> list[Request]:
         """Remove and return every request still waiting (used when the serving stops)."""
-        waiting = [r for r in self._requests if not r.fut.done()]
+        waiting = [r for r in self._requests if r.state != DONE]
         self._requests.clear()
         self.rows = 0
         return waiting

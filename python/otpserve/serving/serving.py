@@ -17,7 +17,7 @@ import itertools
 import logging
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from time import perf_counter
 from typing import Any
 
@@ -217,8 +217,11 @@ class Serving(Owner):
             )
         return arr
 
-    def submit(self, x: np.ndarray, timeout: float | None = None) -> Request:
-        """Queue a checked batch ``x`` and return its request (``request.fut`` gives the output)."""
+    def submit(
+        self, x: np.ndarray, timeout: float | None = None, callback: Callable[[Request], None] | None = None
+    ) -> Request:
+        """Queue a checked batch ``x``; its answer comes on ``request.fut``, or through ``callback(request)``
+        (with ``request.out`` or ``request.error`` set) when one is given."""
         loop = self._loop
         if loop is None or not self._accepting:
             why = f"stopped: {self._stopped_because}" if self._stopped_because else "is not running"
@@ -230,9 +233,10 @@ class Serving(Owner):
                 f"serving {self.name!r}: queue full ({self.queue.rows} of {self.options.max_queue} rows queued)"
             )
         now = loop.time()
-        req = Request(loop.create_future(), x, perf_counter())
+        req = Request(x, perf_counter(), None if callback else loop.create_future(), callback)
         if n == 0:
-            req.fut.set_result(np.empty((0, *self.layout.output_shape), self.layout.output_dtype))
+            req.out = np.empty((0, *self.layout.output_shape), self.layout.output_dtype)
+            loop.call_soon(self._resolve, req)  # never call back before submit has returned
             return req
         self._deadlines.add(req, timeout)
         was_empty = self.queue.rows == 0
@@ -252,13 +256,15 @@ class Serving(Owner):
             return
         self.queue.drop(req)
         req.finish()
-        req.fut.cancel()
+        if req.fut is not None:
+            req.fut.cancel()
         self.metrics.requests.inc(labels=(("outcome", "cancelled"),))
         self._check_idle()
 
     async def run(self, x: Any, timeout: float | None = None) -> np.ndarray:
         """Run the model on batch ``x`` through the batcher; raises Overloaded, DeadlineExceeded, ShapeError."""
         req = self.submit(self.check_input(x), timeout)
+        assert req.fut is not None
         try:
             return await req.fut
         except asyncio.CancelledError:
@@ -342,15 +348,30 @@ class Serving(Owner):
                 m.queue_time.observe(now - req.enqueued_at)
 
     def _expire(self, req: Request, timeout: float) -> None:
-        if req.fut.done():
-            self.queue.drop(req)
-            req.finish()
-            return
         self.queue.drop(req)
-        req.finish()
-        req.fut.set_exception(DeadlineExceeded(f"request not answered within its deadline of {timeout:g} s"))
-        self.metrics.requests.inc(labels=(("outcome", "deadline_exceeded"),))
+        if req.state != DONE and not (req.fut is not None and req.fut.done()):
+            self.metrics.requests.inc(labels=(("outcome", "deadline_exceeded"),))
+        self._resolve(req, DeadlineExceeded(f"request not answered within its deadline of {timeout:g} s"))
         self._check_idle()
+
+    def _resolve(self, req: Request, error: BaseException | None = None) -> None:
+        """Finish ``req``: its future gets ``req.out`` (or ``error``), or its callback is called."""
+        req.finish()
+        req.error = error
+        fut = req.fut
+        if fut is not None:
+            if not fut.done():  # its awaiting task may have been cancelled a moment ago
+                if error is None:
+                    fut.set_result(req.out)
+                else:
+                    fut.set_exception(error)
+            return
+        callback, req.callback = req.callback, None  # at most once
+        if callback is not None:
+            try:
+                callback(req)
+            except Exception:  # a caller's bug must not cost the rest of the batch its answers
+                log.exception("serving %s: a request's callback raised", self.name)
 
     # ---- what partitions report ------------------------------------------------------------------------
 
@@ -360,11 +381,10 @@ class Serving(Owner):
         now = perf_counter()
         if isinstance(result, BaseException):
             for req, _, _ in batch.parts:
-                if not req.fut.done():
+                if req.state != DONE:
                     self.queue.drop(req)  # rows of it still queued (a split request) will not run
-                    req.finish()
-                    req.fut.set_exception(result)
                     m.requests.inc(labels=(("outcome", "error"),))
+                    self._resolve(req, result)
         else:
             m.batches.inc()
             m.rows.inc(batch.rows)
@@ -372,8 +392,7 @@ class Serving(Owner):
             outputs = result.astype(self.layout.output_dtype)  # a copy: the buffer is reused
             row = 0
             for req, start, count in batch.parts:
-                fut = req.fut
-                if not fut.done():
+                if req.state != DONE:
                     if count == req.n:
                         req.out = outputs[row : row + count]
                     else:
@@ -382,10 +401,9 @@ class Serving(Owner):
                         req.out[start : start + count] = outputs[row : row + count]
                     req.pending -= count
                     if req.pending == 0:
-                        req.finish()
-                        fut.set_result(req.out)
                         m.requests.inc(labels=(("outcome", "success"),))
                         m.latency.observe(now - req.enqueued_at)
+                        self._resolve(req)
                 row += count
         self._deadlines.trim()
         if part.alive:
@@ -435,13 +453,11 @@ class Serving(Owner):
 
     def _fail_all(self, err: Exception) -> None:
         for req in self.queue.drain():
-            req.finish()
-            req.fut.set_exception(err)
+            self._resolve(req, err)
         while self._retry:
             for req, _, _ in self._retry.popleft().parts:
-                if not req.fut.done():
-                    req.finish()
-                    req.fut.set_exception(err)
+                if req.state != DONE:
+                    self._resolve(req, err)
         self._check_idle()
 
 
