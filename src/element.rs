@@ -2,7 +2,7 @@
 //! function is written once.
 
 use core::fmt::Debug;
-use core::ops::{Add, Div, Mul, Sub};
+use core::ops::{Add, Div, Mul, Range, Sub};
 
 use crate::small_batch::DenseProblem;
 
@@ -37,10 +37,26 @@ pub trait Float:
     /// `a`, `b`, `c` must point to (m, k), (k, n), (m, n) row-major matrices; `c` exclusive.
     unsafe fn gemm_raw(m: usize, k: usize, n: usize, a: *const Self, b: *const Self, c: *mut Self);
 
-    /// The x86-64 SIMD small-batch kernel for this type, if the CPU has AVX-512F or AVX2+FMA;
-    /// false (and nothing written) otherwise.
+    /// The x86-64 SIMD small-batch kernel for this type, over output columns `cols`, if the CPU has
+    /// AVX-512F or AVX2+FMA; false (and nothing written) otherwise.
+    ///
+    /// # Safety
+    /// `p` must have the lengths `DenseProblem::check` asserts, `out` must point to (m, n) elements,
+    /// `cols` must lie within `0..n`, and nothing else may access those columns of `out` meanwhile.
     #[cfg(target_arch = "x86_64")]
-    fn dense_simd(p: &DenseProblem<'_, Self>, out: &mut [Self]) -> bool;
+    unsafe fn dense_simd(p: &DenseProblem<'_, Self>, cols: Range<usize>, out: *mut Self) -> bool;
+
+    /// The x86-64 packed SIMD kernel (`packed_x86`) for this type, over output columns `cols`;
+    /// false (and nothing written) on a CPU without AVX-512F or AVX2+FMA.
+    ///
+    /// # Safety
+    /// As `dense_simd`.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn dense_packed_simd(
+        p: &DenseProblem<'_, Self>,
+        cols: Range<usize>,
+        out: *mut Self,
+    ) -> bool;
 }
 
 impl Float for f32 {
@@ -62,19 +78,33 @@ impl Float for f32 {
         matrixmultiply::sgemm(m, k, n, 1.0, a, k_, 1, b, n_, 1, 0.0, c, n_, 1);
     }
     #[cfg(target_arch = "x86_64")]
-    fn dense_simd(p: &DenseProblem<'_, Self>, out: &mut [Self]) -> bool {
+    unsafe fn dense_simd(p: &DenseProblem<'_, Self>, cols: Range<usize>, out: *mut Self) -> bool {
         use core::arch::x86_64::{__m256, __m512};
-        use std::arch::is_x86_feature_detected;
 
         use crate::small_batch_x86::{dense_avx2, dense_avx512};
         // SAFETY: each kernel runs only on a CPU that has just been checked for its features; the
-        // caller asserted the slice lengths.
-        if is_x86_feature_detected!("avx512f") {
-            unsafe { dense_avx512::<__m512>(p, out) };
-        } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            unsafe { dense_avx2::<__m256>(p, out) };
-        } else {
-            return false;
+        // caller vouches for the rest.
+        match x86_isa() {
+            Some(Isa::Avx512) => unsafe { dense_avx512::<__m512>(p, cols, out) },
+            Some(Isa::Avx2) => unsafe { dense_avx2::<__m256>(p, cols, out) },
+            None => return false,
+        }
+        true
+    }
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn dense_packed_simd(
+        p: &DenseProblem<'_, Self>,
+        cols: Range<usize>,
+        out: *mut Self,
+    ) -> bool {
+        use core::arch::x86_64::{__m256, __m512};
+
+        use crate::packed_x86::{dense_packed_avx2, dense_packed_avx512};
+        // SAFETY: as in `dense_simd`.
+        match x86_isa() {
+            Some(Isa::Avx512) => unsafe { dense_packed_avx512::<__m512>(p, cols, out) },
+            Some(Isa::Avx2) => unsafe { dense_packed_avx2::<__m256>(p, cols, out) },
+            None => return false,
         }
         true
     }
@@ -99,19 +129,33 @@ impl Float for f64 {
         matrixmultiply::dgemm(m, k, n, 1.0, a, k_, 1, b, n_, 1, 0.0, c, n_, 1);
     }
     #[cfg(target_arch = "x86_64")]
-    fn dense_simd(p: &DenseProblem<'_, Self>, out: &mut [Self]) -> bool {
+    unsafe fn dense_simd(p: &DenseProblem<'_, Self>, cols: Range<usize>, out: *mut Self) -> bool {
         use core::arch::x86_64::{__m256d, __m512d};
-        use std::arch::is_x86_feature_detected;
 
         use crate::small_batch_x86::{dense_avx2, dense_avx512};
         // SAFETY: each kernel runs only on a CPU that has just been checked for its features; the
-        // caller asserted the slice lengths.
-        if is_x86_feature_detected!("avx512f") {
-            unsafe { dense_avx512::<__m512d>(p, out) };
-        } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            unsafe { dense_avx2::<__m256d>(p, out) };
-        } else {
-            return false;
+        // caller vouches for the rest.
+        match x86_isa() {
+            Some(Isa::Avx512) => unsafe { dense_avx512::<__m512d>(p, cols, out) },
+            Some(Isa::Avx2) => unsafe { dense_avx2::<__m256d>(p, cols, out) },
+            None => return false,
+        }
+        true
+    }
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn dense_packed_simd(
+        p: &DenseProblem<'_, Self>,
+        cols: Range<usize>,
+        out: *mut Self,
+    ) -> bool {
+        use core::arch::x86_64::{__m256d, __m512d};
+
+        use crate::packed_x86::{dense_packed_avx2, dense_packed_avx512};
+        // SAFETY: as in `dense_simd`.
+        match x86_isa() {
+            Some(Isa::Avx512) => unsafe { dense_packed_avx512::<__m512d>(p, cols, out) },
+            Some(Isa::Avx2) => unsafe { dense_packed_avx2::<__m256d>(p, cols, out) },
+            None => return false,
         }
         true
     }
@@ -124,5 +168,27 @@ pub fn relu<T: Float>(v: T) -> T {
         T::ZERO
     } else {
         v
+    }
+}
+
+/// The SIMD instruction sets the x86-64 kernels are written for.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+enum Isa {
+    Avx512,
+    Avx2,
+}
+
+/// The best of them this CPU has (`is_x86_feature_detected!` caches the CPUID answer).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn x86_isa() -> Option<Isa> {
+    use std::arch::is_x86_feature_detected;
+    if is_x86_feature_detected!("avx512f") {
+        Some(Isa::Avx512)
+    } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        Some(Isa::Avx2)
+    } else {
+        None
     }
 }

@@ -6,6 +6,8 @@
 pub mod dense;
 pub mod element;
 pub mod matmul;
+#[cfg(target_arch = "x86_64")]
+mod packed_x86;
 pub mod rowwise;
 pub mod small_batch;
 #[cfg(target_arch = "x86_64")]

@@ -52,10 +52,34 @@ impl<T: Float> DenseProblem<'_, T> {
 pub fn dense<T: Float>(p: &DenseProblem<'_, T>, out: &mut [T]) {
     p.check(out);
     #[cfg(target_arch = "x86_64")]
-    if T::dense_simd(p, out) {
+    // SAFETY: lengths just checked; `out` is borrowed exclusively.
+    if unsafe { T::dense_simd(p, 0..p.n, out.as_mut_ptr()) } {
         return;
     }
     dense_portable(p, out);
+}
+
+/// Output columns `cols` of `out = act(x @ w + bias)`, leaving the others alone: what lets two
+/// threads each compute half of the columns (and read half of `w`). Needs the SIMD kernels; returns
+/// false, having written nothing, on a CPU without them (`has_simd`).
+///
+/// # Safety
+/// `p` must have the lengths `DenseProblem::check` asserts, `out` must point to (m, n) elements,
+/// `cols` must lie within `0..n`, and nothing else may access those columns of `out` meanwhile.
+pub unsafe fn dense_columns<T: Float>(
+    p: &DenseProblem<'_, T>,
+    cols: core::ops::Range<usize>,
+    out: *mut T,
+) -> bool {
+    debug_assert!(cols.end <= p.n);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the caller's contract is the kernel's.
+    return unsafe { T::dense_simd(p, cols, out) };
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (p, cols, out);
+        false
+    }
 }
 
 #[inline(always)]

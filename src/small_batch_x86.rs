@@ -7,6 +7,7 @@
 //! uses masked loads and stores, so no scalar tail is needed.
 
 use core::arch::x86_64::*;
+use core::ops::Range;
 
 use crate::element::Float;
 use crate::small_batch::DenseProblem;
@@ -223,61 +224,71 @@ impl Vector for __m512d {
     }
 }
 
-/// `out = act(x @ w + bias)` with AVX2+FMA vectors `V`.
+/// `out = act(x @ w + bias)` with AVX2+FMA vectors `V`, for output columns `cols` only.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA; `p` and `out` must have the lengths `DenseProblem::check` asserts.
+/// The CPU must support AVX2 and FMA; `p` must have the lengths `DenseProblem::check` asserts, `out`
+/// must point to (m, n) elements, and `cols` must lie within `0..n`.
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn dense_avx2<V: Vector>(p: &DenseProblem<'_, V::Elem>, out: &mut [V::Elem]) {
-    dense::<V>(p, out)
+pub unsafe fn dense_avx2<V: Vector>(
+    p: &DenseProblem<'_, V::Elem>,
+    cols: Range<usize>,
+    out: *mut V::Elem,
+) {
+    dense::<V>(p, cols, out)
 }
 
-/// `out = act(x @ w + bias)` with AVX-512 vectors `V`.
+/// `out = act(x @ w + bias)` with AVX-512 vectors `V`, for output columns `cols` only.
 ///
 /// # Safety
-/// The CPU must support AVX-512F; `p` and `out` must have the lengths `DenseProblem::check` asserts.
+/// The CPU must support AVX-512F; otherwise as `dense_avx2`.
 #[target_feature(enable = "avx512f")]
-pub unsafe fn dense_avx512<V: Vector>(p: &DenseProblem<'_, V::Elem>, out: &mut [V::Elem]) {
-    dense::<V>(p, out)
+pub unsafe fn dense_avx512<V: Vector>(
+    p: &DenseProblem<'_, V::Elem>,
+    cols: Range<usize>,
+    out: *mut V::Elem,
+) {
+    dense::<V>(p, cols, out)
 }
 
 #[inline(always)]
-unsafe fn dense<V: Vector>(p: &DenseProblem<'_, V::Elem>, out: &mut [V::Elem]) {
+unsafe fn dense<V: Vector>(p: &DenseProblem<'_, V::Elem>, cols: Range<usize>, out: *mut V::Elem) {
     let mut r = 0;
     if V::ACC_REGISTERS >= 16 {
         // Eight rows by two vectors: `w` streamed once for eight rows instead of twice.
         while r + 8 <= p.m {
-            row_block::<V, 8>(p, r, out);
+            row_block::<V, 8>(p, r, cols.clone(), out);
             r += 8;
         }
     }
     while r + 4 <= p.m {
-        row_block::<V, 4>(p, r, out);
+        row_block::<V, 4>(p, r, cols.clone(), out);
         r += 4;
     }
     match p.m - r {
-        3 => row_block::<V, 3>(p, r, out),
-        2 => row_block::<V, 2>(p, r, out),
-        1 => row_block::<V, 1>(p, r, out),
+        3 => row_block::<V, 3>(p, r, cols, out),
+        2 => row_block::<V, 2>(p, r, cols, out),
+        1 => row_block::<V, 1>(p, r, cols, out),
         _ => {}
     }
 }
 
-/// Rows `r0..r0 + R`: the widest tiles that fit the register budget first, then narrower ones, then
-/// one masked vector for the columns left.
+/// Rows `r0..r0 + R` of columns `cols`: the widest tiles that fit the register budget first, then
+/// narrower ones, then one masked vector for the columns left.
 #[inline(always)]
 unsafe fn row_block<V: Vector, const R: usize>(
     p: &DenseProblem<'_, V::Elem>,
     r0: usize,
-    out: &mut [V::Elem],
+    cols: Range<usize>,
+    out: *mut V::Elem,
 ) {
-    let mut j = 0;
-    j = tiles::<V, R, 8>(p, r0, j, out);
-    j = tiles::<V, R, 4>(p, r0, j, out);
-    j = tiles::<V, R, 2>(p, r0, j, out);
-    j = tiles::<V, R, 1>(p, r0, j, out);
-    if j < p.n {
-        tile::<V, R, 1>(p, r0, j, p.n - j, out);
+    let mut j = cols.start;
+    j = tiles::<V, R, 8>(p, r0, j, cols.end, out);
+    j = tiles::<V, R, 4>(p, r0, j, cols.end, out);
+    j = tiles::<V, R, 2>(p, r0, j, cols.end, out);
+    j = tiles::<V, R, 1>(p, r0, j, cols.end, out);
+    if j < cols.end {
+        tile::<V, R, 1, false>(&unpacked_tile(p, r0, j, out), cols.end - j);
     }
 }
 
@@ -286,66 +297,120 @@ unsafe fn tiles<V: Vector, const R: usize, const NV: usize>(
     p: &DenseProblem<'_, V::Elem>,
     r0: usize,
     mut j: usize,
-    out: &mut [V::Elem],
+    end: usize,
+    out: *mut V::Elem,
 ) -> usize {
     if R * NV > V::ACC_REGISTERS {
         return j;
     }
-    while j + NV * V::LANES <= p.n {
-        tile::<V, R, NV>(p, r0, j, V::LANES, out);
+    while j + NV * V::LANES <= end {
+        tile::<V, R, NV, false>(&unpacked_tile(p, r0, j, out), V::LANES);
         j += NV * V::LANES;
     }
     j
 }
 
-/// Columns `j..j + (NV - 1) * LANES + last` of rows `r0..r0 + R`; `last` is how many lanes of the last
-/// vector are real columns (LANES except for the masked tail).
+/// The tile at rows `r0..`, columns `j..` of a whole problem, read straight from `x` and `w`.
 #[inline(always)]
-unsafe fn tile<V: Vector, const R: usize, const NV: usize>(
-    p: &DenseProblem<'_, V::Elem>,
+unsafe fn unpacked_tile<E: Float>(
+    p: &DenseProblem<'_, E>,
     r0: usize,
     j: usize,
+    out: *mut E,
+) -> Tile<E> {
+    Tile {
+        x: p.x.as_ptr().add(r0 * p.k),
+        x_stride: p.k,
+        w: p.w.as_ptr().add(j),
+        w_stride: p.n,
+        depth: p.k,
+        out: out.add(r0 * p.n + j),
+        out_stride: p.n,
+        accumulate: false,
+        epilogue: Some(Epilogue {
+            bias: p.bias.map(|b| b.as_ptr().add(j)),
+            relu: p.relu,
+        }),
+    }
+}
+
+/// Where one R-rows x NV-vectors tile reads and writes. Raw pointers and strides, so that the same
+/// register kernel serves operands read in place (`w` with row stride n) and packed (`packed_x86`).
+#[derive(Clone, Copy)]
+pub(crate) struct Tile<E> {
+    /// Row r of the tile's `x` starts at `x + r * x_stride`; `depth` elements of it are used.
+    pub x: *const E,
+    pub x_stride: usize,
+    /// Row kk of the tile's `w` starts at `w + kk * w_stride`.
+    pub w: *const E,
+    pub w_stride: usize,
+    pub depth: usize,
+    pub out: *mut E,
+    pub out_stride: usize,
+    /// Add to what `out` holds (a later slice of the inner dimension) instead of overwriting it.
+    pub accumulate: bool,
+    /// Bias and activation, once the whole inner dimension has been summed.
+    pub epilogue: Option<Epilogue<E>>,
+}
+
+#[derive(Clone, Copy)]
+pub(crate) struct Epilogue<E> {
+    /// The bias of the tile's first column.
+    pub bias: Option<*const E>,
+    pub relu: bool,
+}
+
+/// One tile: columns `0..(NV - 1) * LANES + last` of `t`; `last` is how many lanes of the last
+/// vector are real columns (LANES except for the masked tail). `PACKED`: `w` is a contiguous panel
+/// padded with zeros to whole vectors, which the hardware prefetcher follows without help.
+#[inline(always)]
+pub(crate) unsafe fn tile<V: Vector, const R: usize, const NV: usize, const PACKED: bool>(
+    t: &Tile<V::Elem>,
     last: usize,
-    out: &mut [V::Elem],
 ) {
-    let (k, n, lanes) = (p.k, p.n, V::LANES);
-    let x = p.x.as_ptr().add(r0 * k);
+    let lanes = V::LANES;
     let count = |v: usize| if v + 1 == NV { last } else { lanes };
     let mut acc = [[V::zero(); NV]; R];
-    let mut w = p.w.as_ptr().add(j);
-    for kk in 0..k {
+    let mut w = t.w;
+    for kk in 0..t.depth {
         let mut wv = [V::zero(); NV];
         for (v, slot) in wv.iter_mut().enumerate() {
-            *slot = V::load(w.add(v * lanes), count(v));
+            // Packed panels are padded with zeros: whole vectors, and no branch in the loop (which
+            // would also cost the accumulators their registers: LLVM then keeps them in memory).
+            *slot = V::load(w.add(v * lanes), if PACKED { lanes } else { count(v) });
         }
         for (r, acc_row) in acc.iter_mut().enumerate() {
-            let xv = V::splat(*x.add(r * k + kk));
+            let xv = V::splat(*t.x.add(r * t.x_stride + kk));
             for (a, &b) in acc_row.iter_mut().zip(&wv) {
                 *a = V::fmadd(xv, b, *a);
             }
         }
-        if PREFETCH {
+        if PREFETCH && !PACKED {
             for v in 0..NV {
                 _mm_prefetch::<_MM_HINT_T0>(
-                    w.wrapping_add(PREFETCH_ROWS * n + v * lanes) as *const i8
+                    w.wrapping_add(PREFETCH_ROWS * t.w_stride + v * lanes) as *const i8
                 );
             }
         }
-        w = w.add(n);
+        w = w.add(t.w_stride);
     }
-    let o = out.as_mut_ptr().add(r0 * n);
     for (r, acc_row) in acc.iter().enumerate() {
         for (v, &a) in acc_row.iter().enumerate() {
-            let col = j + v * lanes;
-            // The bias is added after the dot product, as numpy's `x @ w + b` does.
+            let o = t.out.add(r * t.out_stride + v * lanes);
             let mut s = a;
-            if let Some(b) = p.bias {
-                s = V::add(s, V::load(b.as_ptr().add(col), count(v)));
+            if t.accumulate {
+                s = V::add(V::load(o, count(v)), s);
             }
-            if p.relu {
-                s = V::relu(s);
+            if let Some(e) = t.epilogue {
+                // The bias is added after the dot product, as numpy's `x @ w + b` does.
+                if let Some(b) = e.bias {
+                    s = V::add(s, V::load(b.add(v * lanes), count(v)));
+                }
+                if e.relu {
+                    s = V::relu(s);
+                }
             }
-            V::store(o.add(r * n + col), s, count(v));
+            V::store(o, s, count(v));
         }
     }
 }
@@ -417,14 +482,14 @@ mod tests {
                 let mut out32 = vec![f32::NAN; m * n];
                 // SAFETY (all four): each kernel runs only where its features were detected above.
                 if avx2 {
-                    unsafe { dense_avx2::<__m256d>(&p, &mut out64) };
-                    unsafe { dense_avx2::<__m256>(&p32, &mut out32) };
+                    unsafe { dense_avx2::<__m256d>(&p, 0..n, out64.as_mut_ptr()) };
+                    unsafe { dense_avx2::<__m256>(&p32, 0..n, out32.as_mut_ptr()) };
                     runs.push(("avx2 f64", out64.clone()));
                     runs.push(("avx2 f32", out32.iter().map(|&v| v as f64).collect()));
                 }
                 if avx512 {
-                    unsafe { dense_avx512::<__m512d>(&p, &mut out64) };
-                    unsafe { dense_avx512::<__m512>(&p32, &mut out32) };
+                    unsafe { dense_avx512::<__m512d>(&p, 0..n, out64.as_mut_ptr()) };
+                    unsafe { dense_avx512::<__m512>(&p32, 0..n, out32.as_mut_ptr()) };
                     runs.push(("avx512 f64", out64.clone()));
                     runs.push(("avx512 f32", out32.iter().map(|&v| v as f64).collect()));
                 }
