@@ -1,11 +1,15 @@
 //! Matrix products on row-major slices, and the choice of path for them:
 //! * weights that fit in L2 (and any product with a handful of rows): the register-tiled kernel of
-//!   `small_batch`, unpacked, over row blocks of the kernel's rayon pool when the work is large;
-//! * larger ones: matrixmultiply's packed, runtime-dispatched SIMD GEMM, in row bands over the pool.
+//!   `small_batch`, unpacked; for a few microseconds of work its columns are split with the partner
+//!   thread (`threads::join_pair`), for more over row blocks of the kernel's rayon pool;
+//! * larger ones, on a CPU with AVX2+FMA or AVX-512: the same register kernel on `w` packed into
+//!   panels (`packed_x86`), in column bands over the pool;
+//! * elsewhere: matrixmultiply's packed, runtime-dispatched GEMM, in row bands over the pool.
 //!
-//! matrixmultiply rather than the `gemm` crate: on this project's machine (2 vCPUs of an AVX-512 Xeon)
-//! single-threaded sgemm ran at 0.8-0.9x OpenBLAS against gemm 0.19's 0.5x (its AVX-512 kernels are
-//! behind an opt-in feature), and it compiles in seconds.
+//! Our packed kernel rather than a GEMM crate: on this project's machine (2 vCPUs of an AVX-512 Xeon)
+//! matrixmultiply (AVX2 at most) ran sgemm at 0.7-0.8x OpenBLAS from n = 1024 and the `gemm` crate at
+//! 0.5x (its AVX-512 kernels are behind an opt-in feature); the kernel we already had needed only
+//! packing to use AVX-512 on large products too.
 
 use crate::element::{relu, Float};
 use crate::small_batch::{self, DenseProblem};
@@ -13,6 +17,9 @@ use crate::threads;
 
 /// Below this many multiply-adds, handing work to the pool costs more than it saves.
 const PARALLEL_MIN_WORK: usize = 1 << 21;
+/// From this many multiply-adds (a batch-1 784 x 128 layer is 100k), splitting the columns with the
+/// partner thread saves more than its handoff (a fraction of a microsecond when it is spinning).
+const PAIR_MIN_WORK: usize = 1 << 15;
 /// Row chunks per thread, at most: a few, so that a thread slowed by a noisy neighbour is balanced by the
 /// others stealing.
 const BANDS_PER_THREAD: usize = 4;
@@ -20,6 +27,22 @@ const BANDS_PER_THREAD: usize = 4;
 /// Weights up to this size are multiplied unpacked by the register-tiled kernel: they stay in each
 /// core's L2 while it walks the rows, so packing them (what a GEMM library does first) buys nothing.
 const UNPACKED_MAX_W_BYTES: usize = 1 << 20;
+/// Widest column band of the packed path: its packed block of `w` (`packed_x86`) must stay in L2.
+const PACKED_MAX_BAND: usize = 512;
+
+/// A pointer that threads writing disjoint parts of one output may share.
+#[derive(Clone, Copy)]
+struct SharedOut<T>(*mut T);
+// SAFETY: only ever used to write disjoint columns or rows, one thread each.
+unsafe impl<T: Send> Send for SharedOut<T> {}
+unsafe impl<T: Send> Sync for SharedOut<T> {}
+
+impl<T> SharedOut<T> {
+    /// Through a method, so that closures capture the whole (Sync) wrapper, not the raw pointer.
+    fn ptr(self) -> *mut T {
+        self.0
+    }
+}
 
 /// `out = a @ b`: `a` is (m, k), `b` is (k, n), `out` is (m, n), all row-major.
 pub fn matmul<T: Float>(a: &[T], b: &[T], out: &mut [T], m: usize, k: usize, n: usize) {
@@ -40,10 +63,17 @@ pub(crate) fn dense_into<T: Float>(p: &DenseProblem<'_, T>, out: &mut [T]) {
     assert_eq!(p.x.len(), p.m * p.k, "x length");
     assert_eq!(p.w.len(), p.k * p.n, "w length");
     assert_eq!(out.len(), p.m * p.n, "out length");
+    if let Some(b) = p.bias {
+        assert_eq!(b.len(), p.n, "bias length");
+    }
     let w_bytes = core::mem::size_of_val(p.w);
-    if p.m <= small_batch::MAX_ROWS || (small_batch::has_simd() && w_bytes <= UNPACKED_MAX_W_BYTES)
-    {
+    let simd = small_batch::has_simd();
+    if p.m <= small_batch::MAX_ROWS || (simd && w_bytes <= UNPACKED_MAX_W_BYTES) {
         unpacked(p, out);
+        return;
+    }
+    if simd {
+        packed(p, out);
         return;
     }
     gemm_into(p.x, p.w, out, p.m, p.k, p.n);
@@ -62,17 +92,35 @@ pub(crate) fn dense_into<T: Float>(p: &DenseProblem<'_, T>, out: &mut [T]) {
     }
 }
 
-/// The register-tiled kernel, on the calling thread for small work, else over row blocks of the pool.
+/// The register-tiled kernel: on the calling thread for tiny work, its columns split with the partner
+/// thread for small work, over row blocks of the pool for large work.
 fn unpacked<T: Float>(p: &DenseProblem<'_, T>, out: &mut [T]) {
-    let pool = threads::pool();
-    let threads = pool.current_num_threads();
-    if threads == 1 || p.m.saturating_mul(p.k).saturating_mul(p.n) < PARALLEL_MIN_WORK || p.n == 0 {
+    let threads = threads::num_threads();
+    let work = p.m.saturating_mul(p.k).saturating_mul(p.n);
+    if threads == 1 || work < PAIR_MIN_WORK || p.n < 64 || !small_batch::has_simd() {
         small_batch::dense(p, out);
+        return;
+    }
+    if work < PARALLEL_MIN_WORK {
+        // Columns, not rows: each core then reads (and keeps in its own L2, call after call) half of
+        // `w`, which is what bounds a layer with a handful of rows. Halves on a 32-column boundary.
+        let mid = (p.n / 2).div_ceil(32) * 32;
+        let shared = SharedOut(out.as_mut_ptr());
+        // SAFETY: lengths asserted by `dense_into`; the two calls write disjoint columns of `out`,
+        // which is borrowed exclusively until both are done. Neither returns false: has_simd().
+        threads::join_pair(
+            || unsafe {
+                small_batch::dense_columns(p, mid..p.n, shared.ptr());
+            },
+            || unsafe {
+                small_batch::dense_columns(p, 0..mid, shared.ptr());
+            },
+        );
         return;
     }
     // Blocks of 4 rows are what the kernel computes at once; a few chunks per thread balance the load.
     let rows = p.m.div_ceil(threads * BANDS_PER_THREAD).div_ceil(4) * 4;
-    pool.install(|| {
+    threads::pool().install(|| {
         use rayon::prelude::*;
         out.par_chunks_mut(rows * p.n)
             .zip(p.x.par_chunks(rows * p.k))
@@ -84,6 +132,48 @@ fn unpacked<T: Float>(p: &DenseProblem<'_, T>, out: &mut [T]) {
                 };
                 small_batch::dense(&sub, o);
             });
+    });
+}
+
+/// The packed kernel (`packed_x86`; callers check `has_simd`), in column bands over the pool: each
+/// band packs only its own columns of `w`, so no band waits for another.
+fn packed<T: Float>(p: &DenseProblem<'_, T>, out: &mut [T]) {
+    let threads = threads::num_threads();
+    let work = p.m.saturating_mul(p.k).saturating_mul(p.n);
+    let bands = if threads == 1 || work < PARALLEL_MIN_WORK {
+        1
+    } else {
+        threads * BANDS_PER_THREAD
+    };
+    // A multiple of 32 columns: whole panels of two vectors for every element type and ISA.
+    let band =
+        p.n.div_ceil(bands)
+            .div_ceil(32)
+            .clamp(1, PACKED_MAX_BAND / 32)
+            * 32;
+    let shared = SharedOut(out.as_mut_ptr());
+    let run = |start: usize| {
+        // SAFETY: lengths asserted by `dense_into`; bands write disjoint columns of `out`, which is
+        // borrowed exclusively until all are done.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            T::dense_packed_simd(p, start..(start + band).min(p.n), shared.ptr());
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!(
+            "packed path without SIMD kernels ({start}, {:p})",
+            shared.ptr()
+        );
+    };
+    if bands == 1 {
+        (0..p.n).step_by(band).for_each(run);
+        return;
+    }
+    threads::pool().install(|| {
+        use rayon::prelude::*;
+        (0..p.n.div_ceil(band))
+            .into_par_iter()
+            .for_each(|i| run(i * band));
     });
 }
 
@@ -158,7 +248,8 @@ mod tests {
 
     #[test]
     fn packed_gemm_path_is_exact_on_integers_serial_and_banded() {
-        // w of 600 x 500 f64 is 2.4 MB: past the unpacked limit, so this is matrixmultiply's path.
+        // w of 600 x 500 f64 is 2.4 MB: past the unpacked limit, so this is the packed path (or
+        // matrixmultiply's on a CPU without AVX2), against matrixmultiply.
         let (m, k, n) = (700, 600, 500);
         let a: Vec<f64> = (0..m * k).map(|i| (i % 7) as f64 - 3.0).collect();
         let b: Vec<f64> = (0..k * n).map(|i| (i % 5) as f64 - 2.0).collect();
@@ -185,6 +276,37 @@ mod tests {
             for j in [0, 50, 99] {
                 let want: f64 = (0..k).map(|kk| a[i * k + kk] * b[kk * n + j]).sum();
                 assert_eq!(out[i * n + j], want);
+            }
+        }
+    }
+
+    #[test]
+    fn columns_split_with_the_partner_give_exactly_the_single_thread_result() {
+        // 784 x 128 (the reference MLP's first layer) and a ragged width, a handful of rows: the
+        // partner's path whenever the kernel has more than one thread.
+        for &(m, k, n) in &[(1, 784, 128), (4, 784, 128), (8, 300, 100), (3, 500, 77)] {
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 37 % 101) as f32) * 0.013 - 0.6)
+                .collect();
+            let w: Vec<f32> = (0..k * n)
+                .map(|i| ((i * 11 % 97) as f32) * 0.021 - 1.0)
+                .collect();
+            let b: Vec<f32> = (0..n).map(|i| i as f32 * 0.1 - 3.0).collect();
+            let p = DenseProblem {
+                x: &x,
+                w: &w,
+                bias: Some(&b),
+                m,
+                k,
+                n,
+                relu: true,
+            };
+            let mut serial = vec![f32::NAN; m * n];
+            small_batch::dense(&p, &mut serial);
+            for _ in 0..50 {
+                let mut split = vec![f32::NAN; m * n];
+                dense_into(&p, &mut split);
+                assert_eq!(split, serial, "m={m} k={k} n={n}");
             }
         }
     }
