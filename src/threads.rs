@@ -221,15 +221,18 @@ pub fn join_pair<A: FnOnce() + Send, B: FnOnce()>(a: A, b: B) {
     }
     /// Waits for the partner to be done with `a` even if `b` panics: `a` lives in this frame.
     struct Finish(&'static Partner);
-    impl Drop for Finish {
-        fn drop(&mut self) {
+    impl Finish {
+        /// Takes `a` back if the partner has not started it, else waits for it; then frees the
+        /// partner for the next caller. Returns whether the partner's run of `a` panicked.
+        fn complete(&self) -> bool {
             let partner = self.0;
+            let mut panicked = false;
             if partner
                 .state
                 .compare_exchange(POSTED, EMPTY, Acquire, Relaxed)
                 .is_ok()
             {
-                // Taken back: the caller runs it (below); clear the slot.
+                // Taken back: the caller runs it; clear the slot.
                 // SAFETY: EMPTY again, and the slot is ours.
                 unsafe { *partner.job.get() = None };
             } else {
@@ -242,18 +245,27 @@ pub fn join_pair<A: FnOnce() + Send, B: FnOnce()>(a: A, b: B) {
                         std::thread::yield_now();
                     }
                 }
+                // Read before the partner is freed: the next caller's job may set it again.
+                panicked = partner.panicked.swap(false, Relaxed);
                 partner.state.store(EMPTY, Relaxed);
             }
             partner.claimed.store(false, Release);
+            panicked
+        }
+    }
+    impl Drop for Finish {
+        fn drop(&mut self) {
+            self.complete();
         }
     }
     let finish = Finish(partner);
     b();
-    drop(finish);
+    let panicked = finish.complete();
+    core::mem::forget(finish);
     // Still Some only if taken back from the partner.
     if let Some(f) = a.take() {
         f();
-    } else if partner.panicked.swap(false, Relaxed) {
+    } else if panicked {
         resume_unwind(Box::new(
             "otpserve kernel: the partner thread's half of the work panicked",
         ));
