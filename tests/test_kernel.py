@@ -97,7 +97,7 @@ def test_mlp_forward_matches_numpy(batch: int, widths: list[int], dtype: type, s
 @pytest.mark.parametrize("threads", [1, 2])
 def test_weights_too_big_for_cache_take_the_packed_gemm_path_and_still_match_numpy(dtype: type, threads: int) -> None:
     rng = np.random.default_rng(7)
-    # w over 1 MiB: the packed, banded GEMM path, with the bias and ReLU pass after it.
+    # w over 1 MiB: the packed path (w packed into panels, in column bands), bias and ReLU fused.
     x, w, b = random(rng, (601, 700), dtype), random(rng, (700, 523), dtype), random(rng, (523,), dtype)
     before = kernel.get_num_threads()
     kernel.set_num_threads(threads)
@@ -105,6 +105,28 @@ def test_weights_too_big_for_cache_take_the_packed_gemm_path_and_still_match_num
         np.testing.assert_allclose(kernel.matmul(x, w), x @ w, **tolerance(dtype, 700))
         got = kernel.dense(x, w, b, activation="relu")
         np.testing.assert_allclose(got, np.maximum(x @ w + b, 0), **tolerance(dtype, 700))
+    finally:
+        kernel.set_num_threads(before)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_small_batches_split_with_the_partner_thread_equal_the_one_thread_result(dtype: type) -> None:
+    # Batch <= 8 of a 784 x 128 layer: with two threads its columns are split with the partner thread,
+    # which must change no bit of the result (each column is still one core's dot products).
+    rng = np.random.default_rng(11)
+    layers = [
+        (random(rng, (784, 128), dtype), random(rng, (128,), dtype)),
+        (random(rng, (128, 10), dtype), random(rng, (10,), dtype)),
+    ]
+    before = kernel.get_num_threads()
+    try:
+        for batch in [1, 2, 3, 4, 5, 8]:
+            x = random(rng, (batch, 784), dtype)
+            kernel.set_num_threads(1)
+            alone = kernel.mlp_forward(x, layers)
+            kernel.set_num_threads(2)
+            for _ in range(20):
+                np.testing.assert_array_equal(kernel.mlp_forward(x, layers), alone)
     finally:
         kernel.set_num_threads(before)
 
