@@ -385,30 +385,36 @@ def test_readiness_turns_false_when_workers_keep_dying_while_liveness_stays_true
         assert status == 503 and "stopped" in json.loads(body)["error"]
 
 
-def test_load_shedder_sheds_above_its_high_mark_until_lag_falls_below_its_low_mark():
-    shedder = LoadShedder(above=0.008, below=0.004, sustain=2)
-    lags = (0.001, 0.05, 0.001, 0.009, 0.009, 0.006, 0.005, 0.003, 0.007)
-    # one stall is not overload; two late ticks in a row are; it holds until lag drops below 4 ms
-    assert [shedder.observe(lag) for lag in lags] == [False, False, False, False, True, True, True, False, False]
+def test_load_shedder_admits_less_while_ticks_run_late_and_more_once_they_keep_time():
+    shedder = LoadShedder(above=0.008, below=0.004, sustain=2, decrease=0.5, increase=0.25, floor=0.1)
+    lags = (0.001, 0.05, 0.001, 0.009, 0.009, 0.009, 0.009, 0.006, 0.003, 0.003, 0.003, 0.003)
+    # one stall is not overload; two late ticks in a row are; never below the floor; recovers additively
+    admits = [shedder.observe(lag) for lag in lags]
+    assert admits == [1.0, 1.0, 1.0, 1.0, 0.5, 0.25, 0.125, 0.125, 0.375, 0.625, 0.875, 1.0]
+    shedder.admit = 0.25
+    refused = sum(shedder.refuse() for _ in range(4000))
+    assert 2700 < refused < 3300  # about 3 in 4
+    shedder.admit = 1.0
+    assert not any(shedder.refuse() for _ in range(1000))
     with pytest.raises(ValueError, match="below"):
         LoadShedder(above=0.001, below=0.002)
 
 
 def test_while_the_loop_runs_late_inference_is_refused_with_503_before_decoding():
     with running_server(batch_size=4) as (port, serving, server):
-        server.shedder.above = server.shedder.below = 1e9  # the lag watcher may not change the decision
-        server.shedder.shedding = True
+        server.shedder.observe = lambda lag: server.shedder.admit  # the lag watcher may not change it
+        server.shedder.admit = 0.0
         status, headers, body = request(port, "POST", "/v2/models/tiny/infer", b"not even json")
         assert status == 503 and headers.get("retry-after") == "1"
         assert "overloaded" in json.loads(body)["error"]
         assert request(port, "GET", "/v2/health/live")[0] == 200  # only inference is shed
-        server.shedder.shedding = False
+        server.shedder.admit = 1.0
         assert request(port, "POST", "/v2/models/tiny/infer", infer_body(X))[0] == 200
         assert serving.metrics.requests.get((("outcome", "overloaded"),)) == 1
         assert server.shed.get() == 1
 
 
-def test_blocking_the_event_loop_shows_up_as_lag_and_turns_shedding_on():
+def test_blocking_the_event_loop_shows_up_as_lag_and_lowers_admission_until_it_recovers():
     with running_server(batch_size=4) as (_, _, server):
         loop_blocked = threading.Event()
 

@@ -107,7 +107,7 @@ class Router:
     def infer(self, conn: HttpConnection, req: Incoming, name: str) -> None:
         """Decode, queue and, when the batch is done, answer one inference request."""
         serving = self._serving(name)
-        if self.server.shedder.shedding:
+        if self.server.shedder.refuse():
             self.server.shed.inc()
             serving.metrics.requests.inc(labels=(("outcome", "overloaded"),))
             raise _HttpError(

@@ -59,6 +59,9 @@ class HttpServer:
         self.registry.add(
             Gauge("otpserve_event_loop_lag_seconds", "How late the last loop tick ran.", lambda: self.shedder.lag)
         )
+        self.registry.add(
+            Gauge("otpserve_http_admit_ratio", "Share of inference requests admitted now.", lambda: self.shedder.admit)
+        )
         self.loop: asyncio.AbstractEventLoop | None = None  # the loop the server runs on, once started
         self._server: asyncio.base_events.Server | None = None
         self._sweeper: asyncio.Task | None = None
@@ -96,11 +99,10 @@ class HttpServer:
 
     async def _watch_lag(self, interval: float = 0.005) -> None:
         """Every few ms, measure how late the loop runs a timer: the shedder's input (~200 cheap wake-ups/s)."""
-        observe = self.shedder.observe
         while True:
             t0 = perf_counter()
             await asyncio.sleep(interval)
-            observe(max(0.0, perf_counter() - t0 - interval))
+            self.shedder.observe(max(0.0, perf_counter() - t0 - interval))
 
     async def _sweep(self) -> None:
         """Once a second, time out connections stuck mid-request (one timer for all, not one per request)."""
