@@ -163,20 +163,6 @@ mod tests {
     use core::arch::x86_64::{__m256, __m256d, __m512, __m512d};
     use std::arch::is_x86_feature_detected;
 
-    fn reference(p: &DenseProblem<'_, f64>) -> Vec<f64> {
-        let mut out = vec![0.0; p.m * p.n];
-        for i in 0..p.m {
-            for j in 0..p.n {
-                let s: f64 = (0..p.k)
-                    .map(|kk| p.x[i * p.k + kk] * p.w[kk * p.n + j])
-                    .sum::<f64>()
-                    + p.bias.map_or(0.0, |b| b[j]);
-                out[i * p.n + j] = if p.relu { s.max(0.0) } else { s };
-            }
-        }
-        out
-    }
-
     /// Every ISA this CPU has, both element types, against the f64 triple loop on small integers
     /// (exact in both): row counts around the row-block sizes, ragged panels, inner dimensions over
     /// one packed block (so later blocks add to the output), column ranges that start mid-matrix.
@@ -218,7 +204,7 @@ mod tests {
                     n,
                     relu,
                 };
-                let want = reference(&p);
+                let want = p.reference();
                 // Two calls covering the columns between them, as two bands of `matmul` do.
                 let split = (n / 2).min(32);
                 let mut runs: Vec<(&str, Vec<f64>)> = Vec::new();

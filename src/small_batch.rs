@@ -37,6 +37,24 @@ pub struct DenseProblem<'a, T> {
     pub relu: bool,
 }
 
+impl DenseProblem<'_, f64> {
+    /// The plain triple loop, in f64: what every kernel path is tested against.
+    #[cfg(test)]
+    pub(crate) fn reference(&self) -> Vec<f64> {
+        let mut out = vec![0.0; self.m * self.n];
+        for i in 0..self.m {
+            for j in 0..self.n {
+                let s: f64 = (0..self.k)
+                    .map(|kk| self.x[i * self.k + kk] * self.w[kk * self.n + j])
+                    .sum::<f64>()
+                    + self.bias.map_or(0.0, |b| b[j]);
+                out[i * self.n + j] = if self.relu { s.max(0.0) } else { s };
+            }
+        }
+        out
+    }
+}
+
 impl<T: Float> DenseProblem<'_, T> {
     fn check(&self, out: &[T]) {
         assert_eq!(self.x.len(), self.m * self.k, "x length");
