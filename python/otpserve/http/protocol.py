@@ -115,10 +115,12 @@ class HttpConnection(asyncio.Protocol):
     # ---- asyncio.Protocol ------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Register the new connection with the server."""
         self.transport = transport  # type: ignore[assignment]
         self.router.server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        """The client left: cancel its queued request so no compute is spent on it."""
         self._closing = True
         self.router.server.connections.discard(self)
         cancel, self.cancel_current = self.cancel_current, None
@@ -128,6 +130,7 @@ class HttpConnection(asyncio.Protocol):
         self.transport = None
 
     def data_received(self, data: bytes) -> None:
+        """Feed bytes to the parser; a malformed request is answered 400 and the connection closed."""
         self.last_activity = self.loop.time()
         try:
             self._parser.feed_data(data)
@@ -141,6 +144,7 @@ class HttpConnection(asyncio.Protocol):
     # ---- httptools callbacks ---------------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        """httptools: a new request starts."""
         self._url = b""
         self._headers = {}
         self._header_bytes = 0
@@ -149,14 +153,17 @@ class HttpConnection(asyncio.Protocol):
         self.reading_message = True
 
     def on_url(self, url: bytes) -> None:
+        """httptools: (part of) the request target."""
         self._url += url
         self._count_header_bytes(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        """httptools: one header; names are kept lower-cased."""
         self._count_header_bytes(len(name) + len(value))
         self._headers[name.lower()] = value
 
     def on_headers_complete(self) -> None:
+        """httptools: refuse a declared body over the limit before any of it is read (413)."""
         length = self._headers.get(b"content-length")
         if length is not None:
             try:
@@ -169,6 +176,7 @@ class HttpConnection(asyncio.Protocol):
                 raise _Refused
 
     def on_body(self, body: bytes) -> None:
+        """httptools: a chunk of the body, counted against the limit."""
         self._body_size += len(body)
         if self._body_size > self.router.server.max_body:
             self.fail(413, f"body is over the limit of {self.router.server.max_body} bytes")
@@ -176,6 +184,7 @@ class HttpConnection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        """httptools: the request is whole; answer it now or after the one in flight."""
         self.reading_message = False
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         req = Incoming(self._parser.get_method(), self._url, self._headers, body, self._parser.should_keep_alive())
