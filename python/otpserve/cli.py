@@ -21,6 +21,7 @@ from otpserve.errors import OtpserveError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``otpserve`` command; return its exit status (1 on an otpserve error, 2 without a command)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "handler"):
@@ -36,6 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``otpserve`` argument parser, with its train, predict and serve subcommands."""
     parser = argparse.ArgumentParser(prog="otpserve", description="Train, run and serve models the OTP way.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_train(subparsers)

@@ -39,6 +39,8 @@ HandlerFunction = Callable[[Event, dict[str, Any], dict[str, Any], Any], None]
 
 @dataclass(frozen=True)
 class Handler:
+    """An attached handler: its unique id, the events it listens to, its function and its config."""
+
     id: str
     events: tuple[Event, ...]
     function: HandlerFunction

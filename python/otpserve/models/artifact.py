@@ -40,6 +40,7 @@ FORMAT_VERSION = 1
 
 
 def sha256_of(data: bytes) -> str:
+    """The SHA-256 of ``data``, as 64 hex digits."""
     return hashlib.sha256(data).hexdigest()
 
 

@@ -25,7 +25,9 @@ class Model(Protocol):
     output_shape: tuple[int, ...]
     labels: list[str] | None
 
-    def predict(self, batch: np.ndarray) -> np.ndarray: ...
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Return one output row per input row: a batch of shape ``(n, *output_shape)``."""
+        ...
 
 
 def check_batch(batch: object, input_shape: tuple[int, ...], dtype: np.dtype, *, model: str) -> np.ndarray:
@@ -72,6 +74,7 @@ class FunctionModel:
         self.labels = list(labels) if labels is not None else None
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Check and convert ``batch``, run ``fn`` on it; raise ShapeError if the result has the wrong shape."""
         x = check_batch(batch, self.input_shape, self.input_dtype, model=self.name)
         y = np.asarray(self.fn(x))
         if y.shape != (x.shape[0], *self.output_shape):

@@ -86,6 +86,7 @@ class ChildSpec:
         """A child that is an asyncio task running ``coro_fn(*args)`` in this process."""
 
         async def start() -> Child:
+            """Start the task (the spec's ``start``, called at every (re)start)."""
             return start_task(coro_fn, *args, name=str(id))
 
         return cls(id, start, **opts)
@@ -98,6 +99,7 @@ class ChildSpec:
         from .process import start_process
 
         async def start() -> Child:
+            """Start the OS process (the spec's ``start``, called at every (re)start)."""
             return start_process(target, args, name=str(id), method=method)
 
         return cls(id, start, **opts)
@@ -113,16 +115,19 @@ class TaskChild:
 
     @property
     def pid(self) -> None:
+        """Always None: a task lives in this process."""
         return None
 
     @property
     def task(self) -> asyncio.Task[Any]:
+        """The asyncio task this child runs as."""
         return self._task
 
     def __repr__(self) -> str:
         return f"<TaskChild {self._task.get_name()}>"
 
     async def wait(self) -> ExitReason:
+        """Wait for the task to finish and return why: normal, shutdown, killed or exception."""
         await asyncio.wait({self._task})
         return self._reason()
 
@@ -135,6 +140,7 @@ class TaskChild:
         return ExitReason.shutdown() if self._stop_requested else ExitReason.normal()
 
     async def stop(self, timeout: float | None = 5.0) -> ExitReason:
+        """Cancel the task, cancel it again (kill) after ``timeout`` seconds; return its exit reason."""
         if not self._task.done():
             self._stop_requested = True
             self._task.cancel()
@@ -148,6 +154,7 @@ class TaskChild:
         return await self.wait()
 
     def kill(self) -> None:
+        """Cancel the task as a kill (reason ``killed``); a no-op once it is done."""
         if not self._task.done():
             self._killed = True
             self._task.cancel()

@@ -19,6 +19,8 @@ __all__ = ["DynamicSupervisor"]
 
 
 class DynamicSupervisor(SupervisorBase):
+    """Supervises children started on demand by ``start_child``, each restarted alone (OTP's DynamicSupervisor)."""
+
     def __init__(
         self,
         max_children: int | None = None,
@@ -33,6 +35,7 @@ class DynamicSupervisor(SupervisorBase):
         self.max_children = max_children
 
     async def start(self) -> Self:
+        """Start the supervisor with no children; return it."""
         self._begin()
         self._launch_run()
         return self

@@ -47,12 +47,16 @@ class NoProc(OTPError, LookupError):
 
 
 class AlreadyRegistered(OTPError):
+    """``name`` is already registered to another live holder (OTP's ``{already_started, pid}``)."""
+
     def __init__(self, name: str, holder: Any) -> None:
         self.name, self.holder = name, holder
         super().__init__(f"name {name!r} is already registered to {holder!r}")
 
 
 class ChildNotFound(OTPError, LookupError):
+    """The supervisor has no child with that id (a DynamicSupervisor: that handle or pid) (OTP's ``not_found``)."""
+
     def __init__(self, supervisor: str, child_id: Any) -> None:
         self.supervisor, self.child_id = supervisor, child_id
         super().__init__(f"{supervisor} has no child with id {child_id!r}")
@@ -75,6 +79,8 @@ class ChildStartError(OTPError):
 
 
 class MaxChildrenReached(OTPError):
+    """``start_child`` when ``max_children`` children already run (OTP's ``max_children``)."""
+
     def __init__(self, supervisor: str, max_children: int) -> None:
         self.supervisor, self.max_children = supervisor, max_children
         super().__init__(f"{supervisor} already runs max_children={max_children} children")

@@ -68,15 +68,18 @@ class Caller:
         self._future = future
 
     def reply(self, value: Any) -> None:
+        """Send ``value`` as the reply (for a deferred reply after ``handle_call`` returned NoReply)."""
         if not self._future.done():
             self._future.set_result(value)
 
     def fail(self, exc: BaseException) -> None:
+        """Make the caller's call raise ``exc`` instead of returning a reply."""
         if not self._future.done():
             self._future.set_exception(exc)
 
     @property
     def waiting(self) -> bool:
+        """True while the caller still waits for a reply."""
         return not self._future.done()
 
 
@@ -92,6 +95,7 @@ class _ByNameOrInstance:
             return self._method.__get__(obj, owner)
 
         def by_name(server: GenServer | str, *args: Any, **kwargs: Any) -> Any:
+            """Call the method on ``server``, or on the live server registered under that name."""
             target = registry.lookup(server) if isinstance(server, str) else server
             return self._method(target, *args, **kwargs)
 
@@ -107,12 +111,15 @@ class GenServer:
         """Set up state. Raising here makes ``start_link`` raise."""
 
     async def handle_call(self, message: Any, caller: Caller) -> Any:
+        """Answer a call; return the reply, NoReply, or Stop(reason, reply=)."""
         raise NotImplementedError(f"{type(self).__name__} got call {message!r} but defines no handle_call")
 
     async def handle_cast(self, message: Any) -> Any:
+        """Handle a cast (no reply); return Stop(reason) to stop the server."""
         raise NotImplementedError(f"{type(self).__name__} got cast {message!r} but defines no handle_cast")
 
     async def handle_info(self, message: Any) -> Any:
+        """Handle a plain message from ``send``; by default logs it as unexpected."""
         log.warning("%r received unexpected message %r", self, message)
 
     async def terminate(self, reason: ExitReason) -> None:
@@ -122,6 +129,7 @@ class GenServer:
 
     @classmethod
     async def start_link(cls, init_arg: Any = None, *, name: str | None = None) -> Self:
+        """Create the server, register ``name``, run ``init`` in the caller, start its loop; return it."""
         server = cls()
         server._setup(name)
         if name is not None:
@@ -146,7 +154,10 @@ class GenServer:
         restart: Literal["permanent", "transient", "temporary"] = "permanent",
         shutdown: float | Literal["brutal_kill", "infinity"] = 5.0,
     ) -> ChildSpec:
+        """A spec that starts ``cls.start_link(init_arg, name=name)`` at every (re)start."""
+
         async def start() -> Child:
+            """Start a fresh server (the spec's ``start``, called at every (re)start)."""
             return await cls.start_link(init_arg, name=name)
 
         child_id = id if id is not None else name or cls.__name__
@@ -165,6 +176,7 @@ class GenServer:
 
     @property
     def label(self) -> str:
+        """``ClassName 'name'``, or ``ClassName@id`` when unnamed."""
         return f"{type(self).__name__} {self.name!r}" if self.name else f"{type(self).__name__}@{id(self):x}"
 
     def __repr__(self) -> str:
@@ -172,9 +184,11 @@ class GenServer:
 
     @property
     def pid(self) -> None:
+        """Always None: a GenServer lives in this process."""
         return None
 
     def is_alive(self) -> bool:
+        """True from ``start_link`` until the server loop has ended."""
         return self._task is not None and not self._task.done()
 
     # ---- client API -----------------------------------------------------------------------------
@@ -220,11 +234,13 @@ class GenServer:
         return await self.wait()
 
     def kill(self) -> None:
+        """Cancel the server now; ``terminate`` does not run (reason ``killed``)."""
         if self._task is not None and not self._task.done():
             self._killed = True
             self._task.cancel()
 
     async def wait(self) -> ExitReason:
+        """Wait for the server to exit and return its exit reason."""
         if self._task is None:
             return self._exit or ExitReason.normal()
         await asyncio.wait({self._task})

@@ -76,13 +76,16 @@ class ProcessChild:
 
     @property
     def pid(self) -> int:
+        """The OS process id."""
         return self._pid
 
     @property
     def name(self) -> str:
+        """The process name (``name`` given to ``start_process``, else multiprocessing's default)."""
         return self._name
 
     def is_alive(self) -> bool:
+        """True until the process's exit has been seen."""
         return not self._exited.done()
 
     def __repr__(self) -> str:
@@ -113,6 +116,7 @@ class ProcessChild:
         return ExitReason.exit_code(code)
 
     async def wait(self) -> ExitReason:
+        """Wait for the process to exit and return why; safe to call many times and to cancel."""
         return await asyncio.shield(self._exited)
 
     async def stop(self, timeout: float | None = 5.0) -> ExitReason:
@@ -127,6 +131,7 @@ class ProcessChild:
         return await self.wait()
 
     def kill(self) -> None:
+        """Send SIGKILL now (no cleanup); a no-op once the process has exited."""
         if not self._exited.done():
             self._killed = True
             self._signal(signal.SIGKILL)

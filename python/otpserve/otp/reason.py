@@ -28,38 +28,47 @@ class ExitReason:
 
     @property
     def is_normal(self) -> bool:
+        """True for ``normal`` and ``shutdown``, the exits after which a transient child is not restarted."""
         return self.kind in _NORMAL_KINDS
 
     @property
     def abnormal(self) -> bool:
+        """Not ``is_normal``: an exit after which a transient child is restarted."""
         return not self.is_normal
 
     @classmethod
     def normal(cls) -> ExitReason:
+        """A clean exit (OTP's ``normal``)."""
         return cls("normal")
 
     @classmethod
     def shutdown(cls) -> ExitReason:
+        """Stopped on request by its supervisor or owner (OTP's ``shutdown``)."""
         return cls("shutdown")
 
     @classmethod
     def killed(cls) -> ExitReason:
+        """Killed without cleanup (OTP's ``killed``)."""
         return cls("killed")
 
     @classmethod
     def exception(cls, exc: BaseException) -> ExitReason:
+        """Crashed with the exception ``exc``."""
         return cls("exception", exc)
 
     @classmethod
     def exit_code(cls, code: int) -> ExitReason:
+        """An OS process exited with status ``code``."""
         return cls("exit_code", code)
 
     @classmethod
     def signal(cls, signum: int) -> ExitReason:
+        """An OS process was ended by signal ``signum``."""
         return cls("signal", signum)
 
     @classmethod
     def escalated(cls, child_id: Any, reason: ExitReason) -> ExitReason:
+        """A supervisor gave up: restart intensity exceeded, last by ``child_id`` exiting with ``reason``."""
         return cls("escalated", (child_id, reason))
 
     @classmethod

@@ -20,6 +20,7 @@ def _alive(holder: Any) -> bool:
 
 
 def register(name: str, holder: Any) -> None:
+    """Register ``holder`` as ``name``; raise AlreadyRegistered if another live holder has it."""
     current = _names.get(name)
     if current is not None and current is not holder and _alive(current):
         raise AlreadyRegistered(name, current)
@@ -39,6 +40,7 @@ def whereis(name: str) -> Any | None:
 
 
 def lookup(name: str) -> Any:
+    """The live holder of ``name``; raise NoProc (OTP's ``noproc``) if there is none."""
     holder = whereis(name)
     if holder is None:
         raise NoProc(name)
@@ -46,4 +48,5 @@ def lookup(name: str) -> Any:
 
 
 def registered() -> list[str]:
+    """The names that have a live holder (OTP's ``registered/0``)."""
     return [name for name, holder in list(_names.items()) if _alive(holder)]

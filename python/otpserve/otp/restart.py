@@ -16,6 +16,8 @@ __all__ = ["Backoff", "RestartIntensity"]
 
 
 class RestartIntensity:
+    """OTP's restart intensity: at most ``max_restarts`` restarts within ``max_seconds``."""
+
     def __init__(self, max_restarts: int = 3, max_seconds: float = 5.0) -> None:
         if max_restarts < 0 or max_seconds <= 0:
             raise ValueError(f"need max_restarts >= 0 and max_seconds > 0, got {max_restarts}, {max_seconds}")
@@ -33,6 +35,7 @@ class RestartIntensity:
 
     @property
     def recent(self) -> int:
+        """Restarts within ``max_seconds`` before the latest ``add_restart``."""
         return len(self._times)
 
 
@@ -53,6 +56,7 @@ class Backoff:
             raise ValueError(f"invalid backoff {self!r}: need 0 <= initial <= max, factor >= 1, reset_after > 0")
 
     def delay(self, consecutive: int) -> float:
+        """Seconds to wait before restart number ``consecutive`` of a crash loop (0 when it is 0)."""
         if consecutive <= 0:
             return 0.0
         return min(self.max, self.initial * self.factor ** (consecutive - 1))

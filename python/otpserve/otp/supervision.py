@@ -65,6 +65,8 @@ class _ChildRecord:
 
 
 class SupervisorBase:
+    """What Supervisor and DynamicSupervisor share: child records, restarts, shutdown; itself a ``Child``."""
+
     def __init__(
         self,
         *,
@@ -105,6 +107,7 @@ class SupervisorBase:
         """A spec that starts a fresh ``cls(*args, **kwargs)`` at every (re)start, for nesting supervisors."""
 
         async def start() -> Child:
+            """Construct and start a fresh supervisor (the spec's ``start``, called at every (re)start)."""
             return await cls(*args, **kwargs).start()
 
         child_id = id if id is not None else kwargs.get("name") or cls.__name__
@@ -114,6 +117,7 @@ class SupervisorBase:
 
     @property
     def label(self) -> str:
+        """The registered name, else ``ClassName@id``."""
         return self.name or f"{type(self).__name__}@{id(self):x}"
 
     def __repr__(self) -> str:
@@ -125,10 +129,12 @@ class SupervisorBase:
         return None
 
     def is_alive(self) -> bool:
+        """True from start until the supervisor has exited."""
         return self._run_task is not None and not self._done.is_set()
 
     @property
     def exit_reason(self) -> ExitReason | None:
+        """Why the supervisor exited, or None while it has not."""
         return self._reason
 
     # ---- lifecycle --------------------------------------------------------------------------------
@@ -366,6 +372,7 @@ class SupervisorBase:
     # ---- introspection ----------------------------------------------------------------------------
 
     def which_children(self) -> list[ChildInfo]:
+        """One ChildInfo per child, in start order (OTP's ``which_children``)."""
         return [
             ChildInfo(
                 r.spec.id,

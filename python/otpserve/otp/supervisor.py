@@ -26,6 +26,8 @@ Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]
 
 
 class Supervisor(SupervisorBase):
+    """Supervises a fixed, ordered list of children, restarted per ``strategy`` (OTP's Supervisor)."""
+
     def __init__(
         self,
         children: Iterable[ChildSpec],

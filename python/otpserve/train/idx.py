@@ -43,6 +43,7 @@ def read_idx(path: str | Path) -> np.ndarray:
 
 
 def parse_idx(raw: bytes, *, name: str = "<bytes>") -> np.ndarray:
+    """Parse IDX bytes into an array in native byte order; raise IDXFormatError naming ``name`` if malformed."""
     if len(raw) < 4:
         raise IDXFormatError(f"{name}: {len(raw)} bytes is too short for an IDX header (needs 4)")
     zero0, zero1, code, ndim = raw[0], raw[1], raw[2], raw[3]

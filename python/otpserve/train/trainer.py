@@ -39,6 +39,8 @@ LOGIT_TOLERANCE = 1e-4
 
 @dataclass(frozen=True)
 class TrainResult:
+    """What ``train`` returns: the fitted model, where it was saved, its metrics and the dataset used."""
+
     model: MLP
     path: Path
     metrics: dict[str, Any]
