@@ -14,7 +14,7 @@ import copy
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
@@ -23,6 +23,9 @@ from otpserve.models import MLP, default_model_path
 from otpserve.models.mlp import library_versions
 from otpserve.models.preprocessing import IMAGE_PREPROCESSING
 from otpserve.train.data import LABELS, Dataset, load_digits_dataset, load_mnist_dataset
+
+if TYPE_CHECKING:  # scikit-learn is imported lazily at run time: `otpserve --help` stays fast
+    from sklearn.neural_network import MLPClassifier
 
 HIDDEN_UNITS = 128
 # 64 rows per Adam step: on the digits this reaches ≥ 96 % in 30 epochs across seeds; smaller batches gain
@@ -110,7 +113,7 @@ def train(
     return TrainResult(model=model, path=path, metrics=metrics, dataset=dataset)
 
 
-def fit_classifier(dataset: Dataset, *, epochs: int, seed: int, progress: bool = True):
+def fit_classifier(dataset: Dataset, *, epochs: int, seed: int, progress: bool = True) -> tuple[MLPClassifier, float]:
     """Fit an ``MLPClassifier`` for ``epochs`` passes; return it and the mean loss of the last epoch.
 
     Same data + same seed → same weights: the initialisation comes from ``random_state=seed`` and the
@@ -148,14 +151,14 @@ def fit_classifier(dataset: Dataset, *, epochs: int, seed: int, progress: bool =
     return classifier, final_loss
 
 
-def mlp_from_sklearn(classifier, *, name: str = "mlp") -> MLP:
+def mlp_from_sklearn(classifier: MLPClassifier, *, name: str = "mlp") -> MLP:
     """The fitted classifier as an ``MLP``: scikit-learn's ``coefs_`` are (in, out), the kernel's layout."""
     layers = list(zip(classifier.coefs_, classifier.intercepts_, strict=True))
     labels = [LABELS[int(c)] for c in classifier.classes_]
     return MLP(layers, name=name, labels=labels, preprocessing=IMAGE_PREPROCESSING)
 
 
-def sklearn_logits(classifier, x: np.ndarray) -> np.ndarray:
+def sklearn_logits(classifier: MLPClassifier, x: np.ndarray) -> np.ndarray:
     """scikit-learn's own pre-softmax outputs: its forward pass with the output activation set to identity.
 
     ``predict_proba`` runs the network and applies ``out_activation_`` (softmax); on a copy whose output
