@@ -129,7 +129,7 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 
 def _add_serve(subparsers) -> None:
-    from otpserve.serving.options import ServingOptions, default_partitions
+    from otpserve.serving.options import ServingOptions
 
     d = ServingOptions()
     p = subparsers.add_parser(
@@ -142,7 +142,15 @@ def _add_serve(subparsers) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--isolation", choices=["process", "thread"], default="process", help="default: process")
-    p.add_argument("--partitions", type=_positive_int, default=default_partitions(), help="workers (default: cores-1)")
+    p.add_argument(
+        "--acceptors",
+        type=_positive_int,
+        default=None,
+        help="server processes sharing the port, each with its own workers (default: one per core)",
+    )
+    p.add_argument(
+        "--partitions", type=_positive_int, default=None, help="workers per acceptor (default: cores-1, at least 1)"
+    )
     p.add_argument("--batch-size", type=_positive_int, default=d.batch_size, help=f"default {d.batch_size}")
     p.add_argument("--batch-timeout", type=float, default=d.batch_timeout, help=f"seconds, default {d.batch_timeout}")
     p.add_argument(
@@ -158,18 +166,21 @@ def _add_serve(subparsers) -> None:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from otpserve.app import run
+    from otpserve.app import default_acceptors, run
     from otpserve.serving import ServingOptions
+    from otpserve.serving.options import default_partitions
 
+    acceptors = args.acceptors or default_acceptors()
+    partitions = args.partitions or default_partitions()
     options = ServingOptions(
         isolation=args.isolation,
-        partitions=args.partitions,
+        partitions=partitions,
         batch_size=args.batch_size,
         batch_timeout=args.batch_timeout,
-        max_queue=args.max_queue or 2 * args.batch_size * args.partitions,
+        max_queue=args.max_queue or 2 * args.batch_size * partitions,
         default_timeout=args.timeout,
     )
-    return run(args.model, args.host, args.port, options)
+    return run(args.model, args.host, args.port, options, acceptors)
 
 
 if __name__ == "__main__":

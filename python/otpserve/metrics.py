@@ -137,3 +137,43 @@ def render_many(registries: list[tuple[LabelSet, Registry]]) -> str:
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+# Gauges that must not be summed across processes: the worst lag, the lowest admission ratio.
+_GAUGE_MERGE = {"otpserve_event_loop_lag_seconds": max, "otpserve_http_admit_ratio": min}
+
+
+def merge_expositions(texts: list[str]) -> str:
+    """Merge the Prometheus text of several processes serving one port into one exposition.
+
+    Counters and histograms add up series by series; gauges add up too (queue depth, workers alive),
+    except the ones in ``_GAUGE_MERGE``. A series only one process has is kept as it is.
+    """
+    families: dict[str, tuple[str, str, dict[str, float]]] = {}
+    for text in texts:
+        family = None
+        for line in text.splitlines():
+            if line.startswith("# HELP "):
+                name, _, help_text = line[7:].partition(" ")
+                families.setdefault(name, (help_text, "untyped", {}))
+                family = name
+            elif line.startswith("# TYPE "):
+                name, _, kind = line[7:].partition(" ")
+                help_text, _, series = families.setdefault(name, ("", kind, {}))
+                families[name] = (help_text, kind, series)
+                family = name
+            elif line and family is not None:
+                key, _, raw = line.rpartition(" ")
+                value = float(raw.replace("+Inf", "inf"))
+                series = families[family][2]
+                if key in series:
+                    combine = _GAUGE_MERGE.get(family, lambda a, b: a + b)
+                    series[key] = combine(series[key], value)
+                else:
+                    series[key] = value
+    lines: list[str] = []
+    for name, (help_text, kind, series) in families.items():
+        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# TYPE {name} {kind}")
+        lines.extend(f"{key} {_num(int(value) if value.is_integer() else value)}" for key, value in series.items())
+    return "\n".join(lines) + "\n"

@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from pathlib import Path
 from time import perf_counter
 from typing import TYPE_CHECKING
 
 from otpserve.http.protocol import HttpConnection
 from otpserve.http.router import Router
 from otpserve.http.shedding import LoadShedder
-from otpserve.metrics import Counter, Gauge, Registry, render_many
+from otpserve.metrics import Counter, Gauge, Registry, merge_expositions, render_many
 
 if TYPE_CHECKING:
     from otpserve.serving import Serving
@@ -39,6 +40,9 @@ class HttpServer:
         keep_alive_timeout: float = 75.0,
         backlog: int = 2048,
         shedder: LoadShedder | None = None,
+        reuse_port: bool = False,
+        peers_dir: str | None = None,
+        peer_name: str = "acceptor",
     ) -> None:
         self.servings = servings
         self.host = host
@@ -50,6 +54,11 @@ class HttpServer:
         # An idle keep-alive connection is closed after this long (nginx's default), freeing its descriptor.
         self.keep_alive_timeout = keep_alive_timeout
         self.backlog = backlog
+        # Several acceptor processes may share the port (SO_REUSEPORT); each writes its metrics into
+        # ``peers_dir`` once a second, and /metrics on any of them answers for all of them.
+        self.reuse_port = reuse_port
+        self.peers_dir = peers_dir
+        self.peer_name = peer_name
         self.shedder = shedder if shedder is not None else LoadShedder()
         self.connections: set[HttpConnection] = set()
         self.router = Router(self)
@@ -76,11 +85,30 @@ class HttpServer:
         """Count one response by status code."""
         self.responses.inc(labels=(("code", str(status)),))
 
-    def render_metrics(self) -> str:
-        """Prometheus text for the HTTP layer and every serving (labelled by model)."""
+    def render_local(self) -> str:
+        """Prometheus text for this process: the HTTP layer and every serving (labelled by model)."""
         text = self.registry.render()
         text += render_many([((("model", name),), s.metrics.registry) for name, s in self.servings.items()])
         return text
+
+    def render_metrics(self) -> str:
+        """Prometheus text for the whole server: this process, merged with its peers' latest snapshots."""
+        local = self.render_local()
+        if self.peers_dir is None:
+            return local
+        texts = [local]
+        for path in sorted(Path(self.peers_dir).glob("*.prom")):
+            if path.stem != self.peer_name:
+                with contextlib.suppress(OSError):
+                    texts.append(path.read_text())
+        return merge_expositions(texts)
+
+    def _write_snapshot(self) -> None:
+        assert self.peers_dir is not None
+        path = Path(self.peers_dir) / f"{self.peer_name}.prom"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(self.render_local())
+        tmp.replace(path)  # atomic: a reader never sees half a file
 
     async def start(self) -> HttpServer:
         """Bind and start accepting connections; port 0 picks a free port (read it back from ``port``)."""
@@ -91,6 +119,7 @@ class HttpServer:
             self.port,
             backlog=self.backlog,
             reuse_address=True,
+            reuse_port=self.reuse_port,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self._sweeper = asyncio.create_task(self._sweep(), name="otpserve-http-sweep")
@@ -105,9 +134,15 @@ class HttpServer:
             self.shedder.observe(max(0.0, perf_counter() - t0 - interval))
 
     async def _sweep(self) -> None:
-        """Once a second, time out connections stuck mid-request (one timer for all, not one per request)."""
+        """Once a second, time out connections stuck mid-request (one timer for all, not one per request),
+        and leave this process's metrics where its peers can read them."""
         loop = asyncio.get_running_loop()
         while True:
+            if self.peers_dir is not None:
+                try:
+                    self._write_snapshot()
+                except OSError as exc:
+                    log.warning("cannot write the metrics snapshot to %s: %s", self.peers_dir, exc)
             await asyncio.sleep(min(1.0, self.request_timeout / 2))
             now = loop.time()
             for conn in list(self.connections):

@@ -1,0 +1,130 @@
+"""`otpserve serve --acceptors N`: several supervised server processes on one port, one /metrics for all."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from otpserve.metrics import merge_expositions
+from otpserve.models import MLP
+
+
+def test_merged_metrics_add_counters_and_histograms_and_keep_the_worst_lag():
+    a = (
+        "# HELP r_total Requests.\n# TYPE r_total counter\n"
+        'r_total{code="200"} 3\n'
+        "# HELP h Latency.\n# TYPE h histogram\n"
+        'h_bucket{le="0.1"} 1\nh_bucket{le="+Inf"} 2\nh_sum 0.5\nh_count 2\n'
+        "# HELP otpserve_event_loop_lag_seconds Lag.\n# TYPE otpserve_event_loop_lag_seconds gauge\n"
+        "otpserve_event_loop_lag_seconds 0.002\n"
+    )
+    b = (
+        "# HELP r_total Requests.\n# TYPE r_total counter\n"
+        'r_total{code="200"} 4\nr_total{code="503"} 1\n'
+        "# HELP h Latency.\n# TYPE h histogram\n"
+        'h_bucket{le="0.1"} 0\nh_bucket{le="+Inf"} 1\nh_sum 0.25\nh_count 1\n'
+        "# HELP otpserve_event_loop_lag_seconds Lag.\n# TYPE otpserve_event_loop_lag_seconds gauge\n"
+        "otpserve_event_loop_lag_seconds 0.009\n"
+    )
+    merged = merge_expositions([a, b])
+    assert 'r_total{code="200"} 7' in merged and 'r_total{code="503"} 1' in merged
+    assert 'h_bucket{le="+Inf"} 3' in merged and "h_sum 0.75" in merged and "h_count 3" in merged
+    assert "otpserve_event_loop_lag_seconds 0.009" in merged
+    assert merged.count("# TYPE r_total counter") == 1
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url: str, body: bytes | None = None) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+    except OSError:
+        return 0, b""
+
+
+def descendants(pid: int) -> set[int]:
+    out = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True).stdout.split()
+    parent = dict(zip(map(int, out[0::2]), map(int, out[1::2]), strict=True))
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, pp in parent.items() if pp in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.timeout(180)
+def test_acceptors_share_the_port_survive_a_killed_acceptor_and_stop_without_orphans(tmp_path: Path):
+    rng = np.random.default_rng(0)
+    MLP([(rng.standard_normal((4, 3)).astype(np.float32), np.zeros(3, np.float32))]).save(tmp_path / "m")
+    port = free_port()
+    env = {**os.environ, "OTPSERVE_HOME": str(tmp_path / "home")}
+    cmd = [sys.executable, "-m", "otpserve.cli", "serve", str(tmp_path / "m"), "--port", str(port), "--acceptors", "2"]
+    server = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    body = json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}).encode()
+    try:
+        line = server.stdout.readline()
+        assert "2 acceptor processes" in line, line
+        assert get(f"{base}/v2/models/mlp/infer", body)[0] == 200
+        acceptors = [p for p in descendants(server.pid) if _is_acceptor(p, server.pid)]
+        assert len(acceptors) == 2, acceptors
+        deadline = time.monotonic() + 10
+        while b'otpserve_workers_alive{model="mlp"} 2' not in get(f"{base}/metrics")[1]:
+            assert time.monotonic() < deadline, "the merged metrics never showed both acceptors' workers"
+            time.sleep(0.2)
+
+        os.kill(acceptors[0], signal.SIGKILL)  # the other keeps answering while the supervisor restarts it
+        statuses = [get(f"{base}/v2/models/mlp/infer", body)[0] for _ in range(20)]
+        assert statuses.count(200) >= 15, statuses
+        deadline = time.monotonic() + 30
+        while len([p for p in descendants(server.pid) if _is_acceptor(p, server.pid)]) < 2:
+            assert time.monotonic() < deadline, "the killed acceptor was not restarted"
+            time.sleep(0.2)
+    finally:
+        everything = descendants(server.pid)
+        server.send_signal(signal.SIGTERM)
+        server.wait(60)
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in everything):
+        assert time.monotonic() < deadline, f"left behind: {[p for p in everything if alive(p)]}"
+        time.sleep(0.1)
+
+
+def _is_acceptor(pid: int, server_pid: int) -> bool:
+    """An acceptor is a forked child of the server's fork server that runs its own fork server."""
+    try:
+        ppid = int(Path(f"/proc/{pid}/stat").read_text().split()[3])
+        grandparent = int(Path(f"/proc/{ppid}/stat").read_text().split()[3])
+    except (OSError, ValueError, IndexError):
+        return False
+    return grandparent == server_pid and any(
+        "forkserver" in Path(f"/proc/{c}/cmdline").read_text(errors="replace")
+        for c in descendants(pid)
+        if Path(f"/proc/{c}/cmdline").exists()
+    )
