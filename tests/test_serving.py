@@ -239,6 +239,12 @@ def test_stop_drains_queued_work_and_then_refuses_new_requests():
 # ---- process isolation --------------------------------------------------------------------------------
 
 
+def shared_buffers_mapped() -> list[str]:
+    """This process's mappings of partition buffers (anonymous memfds named otpserve-partition-N)."""
+    with open("/proc/self/maps") as maps:
+        return [line for line in maps if "memfd:otpserve-partition" in line]
+
+
 def process_options(**kw) -> dict:
     return {"isolation": "process", "batch_timeout": 0.001, **kw}
 
@@ -324,11 +330,12 @@ def test_readiness_is_false_and_requests_fail_when_workers_keep_dying_past_resta
     asyncio.run(main())
 
 
-def test_stopping_a_process_serving_leaves_no_worker_process_or_shared_memory_behind():
+def test_stopping_a_process_serving_leaves_no_worker_process_or_shared_buffer_behind():
     async def main():
         s = await Serving(model_of(affine), **process_options(partitions=2)).start()
         pids = [p.pid for p in s.partitions]
         await s.run(rows(2))
+        assert len(shared_buffers_mapped()) == 2  # one buffer per partition while it runs
         await s.stop()
         return pids
 
@@ -337,8 +344,7 @@ def test_stopping_a_process_serving_leaves_no_worker_process_or_shared_memory_be
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
-    leftovers = [f for f in os.listdir("/dev/shm") if f.startswith(f"otpserve-p{os.getpid()}-")]
-    assert leftovers == []
+    assert shared_buffers_mapped() == []
 
 
 class Unpicklable:
@@ -354,14 +360,13 @@ class Unpicklable:
         return affine(x)
 
 
-def test_a_worker_that_cannot_start_fails_start_and_leaves_no_shared_memory_behind():
+def test_a_worker_that_cannot_start_fails_start_and_leaves_no_shared_buffer_behind():
     async def main():
         with pytest.raises(Exception, match=r"could not start|pickle"):
             await Serving(Unpicklable(), **process_options(partitions=1)).start()
 
     asyncio.run(main())
-    leftovers = [f for f in os.listdir("/dev/shm") if f.startswith(f"otpserve-p{os.getpid()}-")]
-    assert leftovers == []
+    assert shared_buffers_mapped() == []
 
 
 class FailsOnce:

@@ -15,8 +15,8 @@ import logging
 import mmap
 import multiprocessing
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from multiprocessing import reduction
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -134,7 +134,6 @@ class ProcessPartition(Partition):
         self.buf: mmap.mmap | None = None
         self.inputs: np.ndarray | None = None
         self.outputs: np.ndarray | None = None
-        self.path: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> Any:
@@ -146,33 +145,36 @@ class ProcessPartition(Partition):
         self._close()
         self._loop = asyncio.get_running_loop()
         layout = self.layout
-        fd, self.path = tempfile.mkstemp(prefix=f"otpserve-p{os.getpid()}-{self.index}-", dir=_shm_dir())
+        # Anonymous shared memory (memfd): it has no name in /dev/shm, so no crash, kill or restart can
+        # leave a file behind; the worker gets the descriptor itself over the pipe (SCM_RIGHTS).
+        fd = os.memfd_create(f"otpserve-partition-{self.index}", os.MFD_CLOEXEC)
         try:
             os.ftruncate(fd, layout.size)
             self.buf = mmap.mmap(fd, layout.size)
+            self.inputs, self.outputs = layout.views(self.buf)
+            ctx = multiprocessing.get_context(self.start_method)
+            if self.start_method == "forkserver":
+                # Workers fork from a server that already imported numpy and the kernel: restarts take ms.
+                ctx.set_forkserver_preload(["numpy", "otpserve.kernel", "otpserve.serving.worker"])
+            ours, theirs = ctx.Pipe(duplex=True)
+            self.conn = ours
+            self.state = STARTING
+            try:
+                child = start_process(
+                    worker_main,
+                    args=(self.model, theirs, layout, self.threads),
+                    name=f"otpserve-partition-{self.index}",
+                    method=self.start_method,
+                )
+            except BaseException:
+                self._close()
+                self.state = DOWN
+                raise
+            finally:
+                theirs.close()  # only the worker holds its end now, so its death reads as EOF here
+            reduction.send_handle(ours, fd, child.pid)
         finally:
-            os.close(fd)
-        self.inputs, self.outputs = layout.views(self.buf)
-        ctx = multiprocessing.get_context(self.start_method)
-        if self.start_method == "forkserver":
-            # Workers fork from a server that already imported numpy and the kernel: restarts take ms, not s.
-            ctx.set_forkserver_preload(["numpy", "otpserve.kernel", "otpserve.serving.worker"])
-        ours, theirs = ctx.Pipe(duplex=True)
-        self.conn = ours
-        self.state = STARTING
-        try:
-            child = start_process(
-                worker_main,
-                args=(self.model, theirs, self.path, layout, self.threads),
-                name=f"otpserve-partition-{self.index}",
-                method=self.start_method,
-            )
-        except BaseException:
-            theirs.close()
-            self._close()  # nothing may stay in /dev/shm when the process never started
-            self.state = DOWN
-            raise
-        theirs.close()  # only the worker holds its end now, so its death reads as EOF here
+            os.close(fd)  # the mappings keep the memory alive; it is freed when the last one goes
         self.pid = child.pid
         self._loop.add_reader(ours.fileno(), self._readable, ours)
         return child
@@ -197,7 +199,6 @@ class ProcessPartition(Partition):
             return
         kind = msg[:1]
         if kind == b"R":
-            self._unlink()  # both sides have it mapped; nothing is left in /dev/shm if we die now
             self.state = IDLE
             self.owner.partition_up(self)
         elif kind in (b"O", b"E"):
@@ -221,12 +222,6 @@ class ProcessPartition(Partition):
         self._close()
         self.owner.partition_down(self, batch)
 
-    def _unlink(self) -> None:
-        if self.path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
-            self.path = None
-
     def _close(self) -> None:
         """Release this start's pipe and buffer (the worker is gone or being replaced)."""
         if self.conn is not None:
@@ -236,7 +231,6 @@ class ProcessPartition(Partition):
             with contextlib.suppress(OSError):
                 self.conn.close()
             self.conn = None
-        self._unlink()
         self.inputs = self.outputs = None
         if self.buf is not None:
             with contextlib.suppress(BufferError):
@@ -247,7 +241,3 @@ class ProcessPartition(Partition):
         """Close everything this partition holds (the serving is stopping)."""
         self._close()
         self.state = DOWN
-
-
-def _shm_dir() -> str | None:
-    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None

@@ -14,6 +14,7 @@ import mmap
 import os
 import traceback
 from dataclasses import dataclass
+from multiprocessing import reduction
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -57,9 +58,9 @@ class BufferLayout:
         return inputs, outputs
 
 
-def open_shared(path: str, size: int) -> mmap.mmap:
-    """Map the shared buffer file at ``path`` (created by the server with ``size`` bytes)."""
-    fd = os.open(path, os.O_RDWR)
+def open_shared(conn: Connection, size: int) -> mmap.mmap:
+    """Map the shared buffer whose descriptor the server sends over ``conn`` (an anonymous memfd)."""
+    fd = reduction.recv_handle(conn)
     try:
         return mmap.mmap(fd, size)
     finally:
@@ -71,7 +72,7 @@ def _predict(model: Any, batch: np.ndarray) -> np.ndarray:
     return predict(batch) if predict is not None else model(batch)
 
 
-def worker_main(model: Any, conn: Connection, path: str, layout: BufferLayout, threads: int) -> None:
+def worker_main(model: Any, conn: Connection, layout: BufferLayout, threads: int) -> None:
     """Serve batches until the pipe closes; any exception from the model is reported, not fatal."""
     try:
         from otpserve import kernel
@@ -79,7 +80,7 @@ def worker_main(model: Any, conn: Connection, path: str, layout: BufferLayout, t
         kernel.set_num_threads(threads)
     except (ImportError, AttributeError):  # a model without the kernel still runs
         pass
-    buf = open_shared(path, layout.size)
+    buf = open_shared(conn, layout.size)
     inputs, outputs = layout.views(buf)
     conn.send_bytes(b"R")
     while True:
