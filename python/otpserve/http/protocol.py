@@ -159,7 +159,9 @@ class HttpConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         """httptools: one header; names are kept lower-cased."""
-        self._count_header_bytes(len(name) + len(value))
+        self._header_bytes += len(name) + len(value)
+        if self._header_bytes > MAX_HEADER_BYTES:
+            self._count_header_bytes(0)
         self._headers[name.lower()] = value
 
     def on_headers_complete(self) -> None:

@@ -44,6 +44,7 @@ log = logging.getLogger("otpserve.http")
 JSON = b"application/json"
 RETRY_AFTER = b"retry-after: 1\r\n"
 TIMEOUT_HEADER = b"x-request-timeout"
+OVERLOADED = (("outcome", "overloaded"),)
 
 
 class Router:
@@ -52,6 +53,11 @@ class Router:
     def __init__(self, server: HttpServer) -> None:
         self.server = server
         self.servings: dict[str, Serving] = server.servings
+        # The hot route, looked up whole: b"/v2/models/{name}/infer" -> serving (rebuilt if servings change).
+        self._infer_routes: dict[bytes, tuple[str, Serving]] = {}
+        self._routes_for: dict[str, Serving] = {}
+        # Refusals under overload are answered from prebuilt bytes: a refusal must cost a fraction of an answer.
+        self._refusals: dict[tuple[int, bool], bytes] = {}
 
     @staticmethod
     def error_body(message: str) -> bytes:
@@ -61,6 +67,19 @@ class Router:
     def handle(self, conn: HttpConnection, req: Incoming) -> None:
         """Answer ``req`` now, or arrange for it to be answered when its inference is done."""
         path = req.path
+        if self._routes_for != self.servings:
+            self._infer_routes = {f"/v2/models/{n}/infer".encode(): (n, s) for n, s in self.servings.items()}
+            self._routes_for = dict(self.servings)
+        route = self._infer_routes.get(path)
+        if route is not None and req.method == b"POST":
+            try:
+                self.infer(conn, req, *route)
+            except _HttpError as exc:
+                self._reply(conn, req, exc.status, self.error_body(exc.message), extra=exc.extra)
+            except Exception as exc:  # a bug of ours: answer 500 and keep serving
+                log.exception("unhandled error answering %r", path)
+                self._reply(conn, req, 500, self.error_body(f"internal error: {type(exc).__name__}: {exc}"))
+            return
         try:
             if path.startswith(b"/v2/models/"):
                 rest = path[len(b"/v2/models/") :].decode("utf-8", "replace")
@@ -68,7 +87,7 @@ class Router:
                 if action == "infer":
                     if req.method != b"POST":
                         raise _HttpError(405, f"{req.method.decode()} not allowed on /v2/models/{name}/infer; use POST")
-                    self.infer(conn, req, name)
+                    self.infer(conn, req, name, self._serving(name))
                     return
                 serving = self._serving(name)
                 self._get_only(req)
@@ -104,22 +123,16 @@ class Router:
 
     # ---- inference -------------------------------------------------------------------------------------
 
-    def infer(self, conn: HttpConnection, req: Incoming, name: str) -> None:
+    def infer(self, conn: HttpConnection, req: Incoming, name: str, serving: Serving) -> None:
         """Decode, queue and, when the batch is done, answer one inference request."""
-        serving = self._serving(name)
-        if self.server.shedder.refuse():
-            self.server.shed.inc()
-            serving.metrics.requests.inc(labels=(("outcome", "overloaded"),))
-            raise _HttpError(
-                503,
-                f"server overloaded: requests wait {self.server.shedder.lag * 1000:.0f} ms before they are read; "
-                "retry later",
-                RETRY_AFTER,
-            )
+        shedder = self.server.shedder
+        if shedder.admit < 1.0 and shedder.refuse():
+            self._refuse(conn, req, serving, shedder.lag)
+            return
         if serving.queue_full:
             # Refuse before decoding: under overload a refusal must cost far less than an answer, or the
             # refusals themselves eat the capacity the accepted requests need.
-            serving.metrics.requests.inc(labels=(("outcome", "overloaded"),))
+            serving.metrics.requests.inc(labels=OVERLOADED)
             raise _HttpError(
                 503,
                 f"model {name!r} is overloaded: queue full ({serving.queue_depth} of "
@@ -174,6 +187,23 @@ class Router:
             status, extra = 500, b""
             exc = RuntimeError(f"the model failed on this batch: {exc}")
         self._reply(conn, req, status, self.error_body(str(exc)), extra=extra)
+
+    def _refuse(self, conn: HttpConnection, req: Incoming, serving: Serving, lag: float) -> None:
+        """503 + Retry-After for a request the shedder turned away, before its body is decoded."""
+        server = self.server
+        server.shed.inc()
+        server.count_status(503)
+        serving.metrics.requests.inc(labels=OVERLOADED)
+        lag_ms = int(lag * 1000)
+        keep_alive = req.keep_alive
+        response = self._refusals.get((lag_ms, keep_alive))
+        if response is None:
+            if len(self._refusals) > 256:
+                self._refusals.clear()
+            message = f"server overloaded: requests wait {lag_ms} ms before they are read; retry later"
+            response = response_bytes(503, self.error_body(message), JSON, RETRY_AFTER, close=not keep_alive)
+            self._refusals[(lag_ms, keep_alive)] = response
+        conn.send(response, keep_alive)
 
     # ---- helpers ---------------------------------------------------------------------------------------
 

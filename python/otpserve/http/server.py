@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from otpserve.serving import Serving
 
 log = logging.getLogger("otpserve.http")
+_STATUS_LABELS: dict[int, tuple[tuple[str, str], ...]] = {}
 
 
 class HttpServer:
@@ -83,7 +84,10 @@ class HttpServer:
 
     def count_status(self, status: int) -> None:
         """Count one response by status code."""
-        self.responses.inc(labels=(("code", str(status)),))
+        labels = _STATUS_LABELS.get(status)
+        if labels is None:
+            labels = _STATUS_LABELS[status] = (("code", str(status)),)
+        self.responses.inc(labels=labels)
 
     def render_local(self) -> str:
         """Prometheus text for this process: the HTTP layer and every serving (labelled by model)."""
