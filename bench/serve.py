@@ -240,12 +240,36 @@ def _probe_during(port, upath, body, body_file, lua, conns, delay_ms, seconds) -
     }
 
 
+def report_overload(args, otp_cmd: list[str], v2_body: Path, capacity: float) -> None:
+    """Run the overload section and print it."""
+    o = overload(8112, "/v2/models/mlp/infer", v2_body, capacity, args.overload_seconds, [*otp_cmd[:-1], "8112"])
+    a, b, v = o["alone"], o["base"], o["over"]
+    print("\n== overload: probe = 200 req/s open-loop over 8 keep-alive connections, beside wrk")
+    print(f"probe alone (unloaded):   accepted p50 {a['ok_p50']:.2f} ms  p99 {a['ok_p99']:.2f} ms (n={a['ok_n']})")
+    print(
+        f"at capacity (wrk -c64):   offered {b['offered_rps']:.0f}/s; accepted p50 {b['ok_p50']:.2f} ms "
+        f"p99 {b['ok_p99']:.2f} ms (n={b['ok_n']}), refused n={b['rej_n']}"
+    )
+    print(
+        f"2x capacity (wrk -c{o['conns']}, {o['delay_ms']} ms pause per connection): offered "
+        f"{v['offered_rps']:.0f}/s = {v['offered_rps'] / capacity:.2f}x capacity, answered 200 "
+        f"{v['answered_2xx_rps']:.0f}/s; accepted p50 {v['ok_p50']:.2f} p99 {v['ok_p99']:.2f} ms (n={v['ok_n']}); "
+        f"refused 503 p50 {v['rej_p50']:.2f} p99 {v['rej_p99']:.2f} ms (n={v['rej_n']}); unsent {v['unsent']}; "
+        f"other statuses {v['other']}"
+    )
+    print(
+        f"accepted p99 at 2x / at capacity = {v['ok_p99'] / b['ok_p99']:.2f}x, / unloaded = "
+        f"{v['ok_p99'] / a['ok_p99']:.2f}x (target <= 3x); 503 p99 {v['rej_p99']:.2f} ms (target <= 5 ms)"
+    )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--peers", default="hello,litserve,ray", help="comma list of: hello, litserve, ray")
     ap.add_argument("--dur", default="20s", help="wrk duration of each measured run (peers' harness: 20s)")
     ap.add_argument("--skip-overload", action="store_true")
     ap.add_argument("--overload-seconds", type=int, default=15)
+    ap.add_argument("--only-overload", type=float, metavar="CAPACITY", help="skip the wrk runs; overload at this req/s")
     args = ap.parse_args()
 
     if shutil.which("wrk") is None:
@@ -272,6 +296,10 @@ def main() -> int:
 
     results = []
     wanted = [p.strip() for p in args.peers.split(",") if p.strip()]
+    if args.only_overload:
+        report_overload(args, otp_cmd, v2_body, args.only_overload)
+        shutil.rmtree(work, ignore_errors=True)
+        return 0
     uv = VENVS / "fastapi" / "bin" / "uvicorn"
     peers = {
         "hello": (
@@ -322,27 +350,7 @@ def main() -> int:
         )
 
     if not args.skip_overload and ours_s["rps"] == ours_s["rps"]:
-        o = overload(
-            8112, "/v2/models/mlp/infer", v2_body, ours_s["rps"], args.overload_seconds, [*otp_cmd[:-1], "8112"]
-        )
-        a, b, v = o["alone"], o["base"], o["over"]
-        print("\n== overload: probe = 200 req/s open-loop over 8 keep-alive connections, beside wrk")
-        print(f"probe alone (unloaded):   accepted p50 {a['ok_p50']:.2f} ms  p99 {a['ok_p99']:.2f} ms (n={a['ok_n']})")
-        print(
-            f"at capacity (wrk -c64):   offered {b['offered_rps']:.0f}/s; accepted p50 {b['ok_p50']:.2f} ms "
-            f"p99 {b['ok_p99']:.2f} ms (n={b['ok_n']}), refused n={b['rej_n']}"
-        )
-        print(
-            f"2x capacity (wrk -c{o['conns']}, {o['delay_ms']} ms pause per connection): offered "
-            f"{v['offered_rps']:.0f}/s = {v['offered_rps'] / ours_s['rps']:.2f}x capacity, answered 200 "
-            f"{v['answered_2xx_rps']:.0f}/s; accepted p50 {v['ok_p50']:.2f} p99 {v['ok_p99']:.2f} ms (n={v['ok_n']}); "
-            f"refused 503 p50 {v['rej_p50']:.2f} p99 {v['rej_p99']:.2f} ms (n={v['rej_n']}); unsent {v['unsent']}; "
-            f"other statuses {v['other']}"
-        )
-        print(
-            f"accepted p99 at 2x / at capacity = {v['ok_p99'] / b['ok_p99']:.2f}x, / unloaded = "
-            f"{v['ok_p99'] / a['ok_p99']:.2f}x (target <= 3x); 503 p99 {v['rej_p99']:.2f} ms (target <= 5 ms)"
-        )
+        report_overload(args, otp_cmd, v2_body, ours_s["rps"])
     print(f"\nraw wrk output: {out}")
     shutil.rmtree(work, ignore_errors=True)
     return 0
