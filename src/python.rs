@@ -4,13 +4,27 @@
 //! `TypeError`/`ValueError` that names the values, then borrows the numpy buffers in place and releases
 //! the GIL for the whole computation (the "dirty scheduler" of a Rustler NIF). C-contiguous, aligned
 //! arrays of the right dtype are read where they lie; any other layout is copied once to C order first.
+//!
+//! Concurrent use. The buffers are not registered with rust-numpy's borrow checker (`try_readonly` /
+//! `try_readwrite`): that registry is a hash map behind a lock, and taking and releasing an entry per
+//! array was a third of the fixed cost of a small-batch `mlp_forward` (five arrays and the output,
+//! ~0.1 us each, measured). It also guarded only against other Rust code borrowing through
+//! rust-numpy, never against Python threads, whose numpy ufuncs write arrays without the GIL too. So
+//! the contract is numpy's own: an array that a call uses must not be written by another thread while
+//! the call runs. Within one call no slice aliases another mutably: `out=` is checked to share no
+//! memory with any input. Every index the kernels use comes from the shapes checked here under the
+//! GIL, never from element values, and each array object is held (so alive, and numpy refuses to
+//! resize a referenced array) until the call returns.
 
 use numpy::ndarray::IxDyn;
 use numpy::{
-    BorrowError, Element, PyArray1, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods,
-    PyReadonlyArrayDyn, PyReadwriteArrayDyn, PyUntypedArray, PyUntypedArrayMethods,
+    npyffi, Element, PyArray1, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyUntypedArray,
+    PyUntypedArrayMethods,
 };
 use std::fmt::{self, Display};
+use std::marker::PhantomData;
+use std::ptr::NonNull;
+use std::slice;
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -105,30 +119,47 @@ fn same_dtype(func: &str, args: &[(&dyn Display, Dtype)]) -> PyResult<Dtype> {
     )))
 }
 
-/// Borrow an input for reading: in place when C-contiguous and aligned, else from a C-order copy.
-/// `arr` must have passed `array_arg` with the dtype `T` stands for.
-fn borrow_input<'py, T: Element>(
-    func: &str,
-    arg: &dyn Display,
-    arr: &Bound<'py, PyUntypedArray>,
-) -> PyResult<PyReadonlyArrayDyn<'py, T>> {
-    let arr = if arr.is_c_contiguous() && arr.is_aligned() {
-        arr.clone()
-    } else {
-        arr.call_method1("copy", ("C",))?
-            .cast_into::<PyUntypedArray>()?
-    };
-    // SAFETY: `array_arg` checked that the dtype is T's (a copy keeps it), which is all the typed
-    // cast would check again beyond what `PyUntypedArray` already guarantees.
-    unsafe { arr.cast_into_unchecked::<PyArrayDyn<T>>() }
-        .try_readonly()
-        .map_err(|e| PyValueError::new_err(format!("{func}: {arg}: {e}")))
+/// An input's elements in C order: read where they lie when the array is C-contiguous and aligned,
+/// else from a C-order copy that this keeps alive. Not registered with rust-numpy's borrow checker
+/// (see "Concurrent use" at the top of this file).
+struct Input<'py, T> {
+    array: Bound<'py, PyUntypedArray>,
+    elem: PhantomData<T>,
 }
 
-fn slice_of<'a, T: Element>(guard: &'a PyReadonlyArrayDyn<'_, T>) -> PyResult<&'a [T]> {
-    guard
-        .as_slice()
-        .map_err(|e| PyValueError::new_err(e.to_string()))
+impl<'py, T: Element> Input<'py, T> {
+    /// `arr` must have passed `array_arg` with the dtype `T` stands for.
+    fn new(arr: &Bound<'py, PyUntypedArray>) -> PyResult<Self> {
+        let array = if arr.is_c_contiguous() && arr.is_aligned() {
+            arr.clone()
+        } else {
+            arr.call_method1("copy", ("C",))?
+                .cast_into::<PyUntypedArray>()?
+        };
+        Ok(Input {
+            array,
+            elem: PhantomData,
+        })
+    }
+
+    fn as_slice(&self) -> &[T] {
+        let (data, len) = elements::<T>(&self.array);
+        // SAFETY: `array` holds `len` elements of T (the dtype `array_arg` checked; a copy keeps it),
+        // C-contiguous and aligned (checked, or a fresh copy), and `self` keeps it alive for as long
+        // as the slice. Nothing in this call writes it: `out` was checked not to overlap any input.
+        unsafe { slice::from_raw_parts(data, len) }
+    }
+}
+
+/// Where a C-contiguous array's elements lie, and how many there are; the pointer is dangling but
+/// aligned when there are none, as a slice needs (numpy's may be anything then).
+fn elements<T>(arr: &Bound<'_, PyUntypedArray>) -> (*mut T, usize) {
+    let len = arr.len();
+    if len == 0 {
+        return (NonNull::dangling().as_ptr(), 0);
+    }
+    // SAFETY: reading a field of a live array object; it is not dereferenced here.
+    (unsafe { (*arr.as_array_ptr()).fields.data }.cast(), len)
 }
 
 /// The bytes an array's elements can touch, or None when it has no elements.
@@ -150,13 +181,20 @@ fn byte_extent(arr: &Bound<'_, PyUntypedArray>) -> Option<(isize, isize)> {
     Some((lo, hi + arr.dtype().itemsize() as isize))
 }
 
-/// The array results are written to: the caller's `out=` (checked and borrowed) or a new one.
-enum Output<'py, T: Element> {
-    Given(Bound<'py, PyAny>, PyReadwriteArrayDyn<'py, T>),
-    New(Bound<'py, PyArrayDyn<T>>, PyReadwriteArrayDyn<'py, T>),
+fn is_writeable(arr: &Bound<'_, PyUntypedArray>) -> bool {
+    // SAFETY: reading a field of a live array object.
+    unsafe { (*arr.as_array_ptr()).fields.flags & npyffi::NPY_ARRAY_WRITEABLE != 0 }
+}
+
+/// The array results are written to: the caller's `out=` (checked) or a new one. Not registered with
+/// rust-numpy's borrow checker either (see "Concurrent use").
+struct Output<'py, T> {
+    array: Bound<'py, PyUntypedArray>,
+    elem: PhantomData<T>,
 }
 
 impl<'py, T: Element> Output<'py, T> {
+    /// `inputs` are what a given `out` must not overlap; only looked at when there is one.
     fn prepare(
         py: Python<'py>,
         func: &str,
@@ -165,11 +203,11 @@ impl<'py, T: Element> Output<'py, T> {
         inputs: &[(&dyn Display, &Bound<'py, PyUntypedArray>)],
     ) -> PyResult<Self> {
         let Some(obj) = out else {
-            let arr = PyArrayDyn::<T>::zeros(py, IxDyn(shape), false);
-            let guard = arr
-                .try_readwrite()
-                .map_err(|e| PyValueError::new_err(e.to_string()))?;
-            return Ok(Output::New(arr, guard));
+            let array = PyArrayDyn::<T>::zeros(py, IxDyn(shape), false);
+            return Ok(Output {
+                array: array.as_untyped().clone(),
+                elem: PhantomData,
+            });
         };
         let arr = obj.cast::<PyUntypedArray>().map_err(|_| {
             PyTypeError::new_err(format!(
@@ -196,6 +234,9 @@ impl<'py, T: Element> Output<'py, T> {
                 "{func}: out must be a C-contiguous, aligned array"
             )));
         }
+        if !is_writeable(arr) {
+            return Err(PyValueError::new_err(format!("{func}: out is read-only")));
+        }
         if let Some((lo, hi)) = byte_extent(arr) {
             for (name, input) in inputs {
                 if let Some((ilo, ihi)) = byte_extent(input) {
@@ -207,30 +248,23 @@ impl<'py, T: Element> Output<'py, T> {
                 }
             }
         }
-        let guard = match arr.cast::<PyArrayDyn<T>>()?.try_readwrite() {
-            Ok(guard) => guard,
-            Err(BorrowError::NotWriteable) => {
-                return Err(PyValueError::new_err(format!("{func}: out is read-only")));
-            }
-            Err(e) => return Err(PyValueError::new_err(format!("{func}: out: {e}"))),
-        };
-        Ok(Output::Given(obj.clone(), guard))
+        Ok(Output {
+            array: arr.clone(),
+            elem: PhantomData,
+        })
     }
 
-    fn slice(&mut self) -> PyResult<&mut [T]> {
-        let guard = match self {
-            Output::Given(_, g) | Output::New(_, g) => g,
-        };
-        guard
-            .as_slice_mut()
-            .map_err(|e| PyValueError::new_err(e.to_string()))
+    fn slice(&mut self) -> &mut [T] {
+        let (data, len) = elements::<T>(&self.array);
+        // SAFETY: `array` holds `len` elements of T (a new array of T, or `out` with T's dtype),
+        // C-contiguous, aligned and writeable (checked in `prepare`), kept alive by `self`. It shares
+        // no memory with any input of the call (checked), and `&mut self` makes this the only slice.
+        unsafe { slice::from_raw_parts_mut(data, len) }
     }
 
+    /// The result: the new array, or the caller's `out` object itself.
     fn into_result(self) -> Bound<'py, PyAny> {
-        match self {
-            Output::Given(obj, _) => obj,
-            Output::New(arr, _) => arr.into_any(),
-        }
+        self.array.into_any()
     }
 }
 
@@ -270,11 +304,8 @@ fn matmul_typed<'py, T: Float + Element>(
     [m, k, n]: [usize; 3],
 ) -> PyResult<Bound<'py, PyAny>> {
     let mut output = Output::<T>::prepare(py, "matmul", out, &[m, n], &[(&"a", a), (&"b", b)])?;
-    let (ga, gb) = (
-        borrow_input::<T>("matmul", &"a", a)?,
-        borrow_input::<T>("matmul", &"b", b)?,
-    );
-    let (sa, sb, so) = (slice_of(&ga)?, slice_of(&gb)?, output.slice()?);
+    let (ia, ib) = (Input::<T>::new(a)?, Input::<T>::new(b)?);
+    let (sa, sb, so) = (ia.as_slice(), ib.as_slice(), output.slice());
     py.detach(|| gemm_kernel::matmul(sa, sb, so, m, k, n));
     Ok(output.into_result())
 }
@@ -343,15 +374,12 @@ fn dense_typed<'py, T: Float + Element>(
         &[m, n],
         &[(&"x", x), (&"w", w), (&"b", b)],
     )?;
-    let gx = borrow_input::<T>("dense", &"x", x)?;
-    let gw = borrow_input::<T>("dense", &"w", w)?;
-    let gb = borrow_input::<T>("dense", &"b", b)?;
-    let (sx, sw, sb, so) = (
-        slice_of(&gx)?,
-        slice_of(&gw)?,
-        slice_of(&gb)?,
-        output.slice()?,
+    let (ix, iw, ib) = (
+        Input::<T>::new(x)?,
+        Input::<T>::new(w)?,
+        Input::<T>::new(b)?,
     );
+    let (sx, sw, sb, so) = (ix.as_slice(), iw.as_slice(), ib.as_slice(), output.slice());
     py.detach(|| dense_kernel::dense(sx, sw, sb, so, [m, k, n], relu));
     Ok(output.into_result())
 }
@@ -454,39 +482,35 @@ fn mlp_typed<'py, T: Float + Element>(
 ) -> PyResult<Bound<'py, PyAny>> {
     const F: &str = "mlp_forward";
     let m = x.shape()[0];
-    let names: Vec<LayerArg> = (0..layers.len())
-        .flat_map(|i| [LayerArg(i, "w"), LayerArg(i, "b")])
-        .collect();
-    let mut named: Vec<(&dyn Display, &Bound<'py, PyUntypedArray>)> = vec![(&"x", x)];
-    for ((w, b), pair) in layers.iter().zip(names.chunks_exact(2)) {
-        named.push((&pair[0], w));
-        named.push((&pair[1], b));
-    }
-    let mut output = Output::<T>::prepare(py, F, out, &[m, outputs], &named)?;
-    let gx = borrow_input::<T>(F, &"x", x)?;
-    let guards = layers
+    let mut output = if out.is_some() {
+        let names: Vec<LayerArg> = (0..layers.len())
+            .flat_map(|i| [LayerArg(i, "w"), LayerArg(i, "b")])
+            .collect();
+        let mut named: Vec<(&dyn Display, &Bound<'py, PyUntypedArray>)> = vec![(&"x", x)];
+        for ((w, b), pair) in layers.iter().zip(names.chunks_exact(2)) {
+            named.push((&pair[0], w));
+            named.push((&pair[1], b));
+        }
+        Output::<T>::prepare(py, F, out, &[m, outputs], &named)?
+    } else {
+        Output::<T>::prepare(py, F, None, &[m, outputs], &[])?
+    };
+    let ix = Input::<T>::new(x)?;
+    let weights = layers
         .iter()
-        .enumerate()
-        .map(|(i, (w, b))| {
-            Ok((
-                borrow_input::<T>(F, &LayerArg(i, "w"), w)?,
-                borrow_input::<T>(F, &LayerArg(i, "b"), b)?,
-            ))
-        })
+        .map(|(w, b)| Ok((Input::<T>::new(w)?, Input::<T>::new(b)?)))
         .collect::<PyResult<Vec<_>>>()?;
-    let plan = guards
+    let plan: Vec<Layer<'_, T>> = weights
         .iter()
         .zip(layers)
-        .map(|((gw, gb), (w, _))| {
-            Ok(Layer {
-                w: slice_of(gw)?,
-                b: slice_of(gb)?,
-                inputs: w.shape()[0],
-                outputs: w.shape()[1],
-            })
+        .map(|((iw, ib), (w, _))| Layer {
+            w: iw.as_slice(),
+            b: ib.as_slice(),
+            inputs: w.shape()[0],
+            outputs: w.shape()[1],
         })
-        .collect::<PyResult<Vec<_>>>()?;
-    let (sx, so) = (slice_of(&gx)?, output.slice()?);
+        .collect();
+    let (sx, so) = (ix.as_slice(), output.slice());
     py.detach(|| dense_kernel::mlp_forward(sx, m, &plan, so));
     Ok(output.into_result())
 }
@@ -515,15 +539,15 @@ fn softmax_typed<'py, T: Float + Element>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let (m, n) = (x.shape()[0], x.shape()[1]);
     let mut output = Output::<T>::prepare(py, "softmax", out, &[m, n], &[(&"x", x)])?;
-    let gx = borrow_input::<T>("softmax", &"x", x)?;
-    let (sx, so) = (slice_of(&gx)?, output.slice()?);
+    let ix = Input::<T>::new(x)?;
+    let (sx, so) = (ix.as_slice(), output.slice());
     py.detach(|| rowwise::softmax(sx, so, m, n));
     Ok(output.into_result())
 }
 
 /// The column index of each row's maximum, as int64 (first on ties, first NaN wins, like numpy).
 #[pyfunction]
-fn argmax<'py>(py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArray1<i64>>> {
+fn argmax<'py>(py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     let (x, dtype) = array_arg("argmax", &"x", x, 2)?;
     let (m, n) = (x.shape()[0], x.shape()[1]);
     if n == 0 && m > 0 {
@@ -532,28 +556,21 @@ fn argmax<'py>(py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<Bound<'py, Py
             fmt_shape(x.shape())
         )));
     }
-    let result = PyArray1::<i64>::zeros(py, m, false);
-    {
-        let mut guard = result
-            .try_readwrite()
-            .map_err(|e| PyValueError::new_err(e.to_string()))?;
-        let so = guard
-            .as_slice_mut()
-            .map_err(|e| PyValueError::new_err(e.to_string()))?;
-        match dtype {
-            Dtype::F32 => {
-                let gx = borrow_input::<f32>("argmax", &"x", x)?;
-                let sx = slice_of(&gx)?;
-                py.detach(|| rowwise::argmax(sx, so, m, n));
-            }
-            Dtype::F64 => {
-                let gx = borrow_input::<f64>("argmax", &"x", x)?;
-                let sx = slice_of(&gx)?;
-                py.detach(|| rowwise::argmax(sx, so, m, n));
-            }
+    let mut result = Output::<i64>::prepare(py, "argmax", None, &[m], &[])?;
+    let so = result.slice();
+    match dtype {
+        Dtype::F32 => {
+            let ix = Input::<f32>::new(x)?;
+            let sx = ix.as_slice();
+            py.detach(|| rowwise::argmax(sx, so, m, n));
+        }
+        Dtype::F64 => {
+            let ix = Input::<f64>::new(x)?;
+            let sx = ix.as_slice();
+            py.detach(|| rowwise::argmax(sx, so, m, n));
         }
     }
-    Ok(result)
+    Ok(result.into_result())
 }
 
 // ---- threads --------------------------------------------------------------------------------------

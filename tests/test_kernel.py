@@ -204,6 +204,17 @@ def test_c_contiguous_input_is_read_in_place_and_out_is_written_in_place() -> No
     assert kernel.softmax(a, out=soft) is soft
 
 
+def test_read_only_inputs_and_one_array_passed_twice_are_read_in_place() -> None:
+    rng = np.random.default_rng(4)
+    a = random(rng, (6, 6), np.float32)
+    w, bias = random(rng, (6, 3), np.float32), random(rng, (3,), np.float32)
+    for array in (a, w, bias):
+        array.flags.writeable = False
+    np.testing.assert_allclose(kernel.matmul(a, a), a @ a, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(kernel.mlp_forward(a, [(w, bias)]), a @ w + bias, rtol=1e-5, atol=1e-5)
+    assert kernel.argmax(a).tolist() == np.argmax(a, axis=1).tolist()
+
+
 def test_fortran_order_and_strided_views_give_correct_results() -> None:
     rng = np.random.default_rng(2)
     base = random(rng, (40, 60), np.float64)
