@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Everything bench/serve.py needs beyond scripts/setup.sh: wrk (Debian) and the peers' venvs.
+# Everything bench/serve.py needs beyond scripts/setup.sh: wrk (Debian), the open-loop generator
+# bench/loadgen (for the overload run, which wrk can't pace), and the peers' venvs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+cargo build --release --quiet --manifest-path bench/loadgen/Cargo.toml
 if ! command -v wrk >/dev/null; then
     [ "$(id -u)" = 0 ] || { echo "bench/setup.sh: wrk is missing; install it (apt-get install wrk)" >&2; exit 1; }
     apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk >/dev/null
