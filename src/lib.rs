@@ -5,6 +5,7 @@
 
 pub mod dense;
 pub mod element;
+pub mod http1;
 pub mod matmul;
 #[cfg(target_arch = "x86_64")]
 mod packed_x86;
@@ -22,5 +23,6 @@ use pyo3::prelude::*;
 #[pymodule]
 fn _kernel(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    python::register(m)
+    python::register(m)?;
+    http1::register(m)
 }

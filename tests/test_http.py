@@ -498,3 +498,62 @@ def test_head_gets_headers_only_and_idle_keep_alive_connections_are_closed():
         head, get = reply.split(b"HTTP/1.1 200")[1:]
         assert head.endswith(b"\r\n\r\n") and b"live" not in head
         assert get.endswith(b'{"live":true}')
+
+
+class _Recorder:
+    """A stand-in connection that records what the protocol hands the router."""
+
+    def __init__(self) -> None:
+        self.got: list = []
+
+
+def _parse_both_ways(raw: bytes) -> tuple[list, list]:
+    """``raw`` through the one-call fast path (one read) and through httptools (one byte per read)."""
+    from otpserve.http.protocol import HttpConnection
+
+    results = []
+    for chunks in ([raw], [raw[i : i + 1] for i in range(len(raw))]):
+        seen: list = []
+        router = type("R", (), {})()
+        router.server = type("S", (), {"max_body": 1 << 20, "connections": set()})()
+        router.handle = lambda conn, req, seen=seen: (
+            seen.append((req.method, req.path, req.query, req.keep_alive, req.body, sorted(req.headers.items()))),
+            conn.send(b"", req.keep_alive),
+        )
+        loop = asyncio.new_event_loop()
+        try:
+            conn = HttpConnection(router, loop)
+            transport = type("T", (), {"write": lambda self, d: None, "close": lambda self: None})()
+            conn.connection_made(transport)
+            for chunk in chunks:
+                conn.data_received(chunk)
+        finally:
+            loop.close()
+        results.append(seen)
+    return results[0], results[1]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc",
+        b"POST /v2/models/tiny/infer?q=1&r HTTP/1.1\r\nX-Request-Timeout: 0.5\r\n"
+        b"Inference-Header-Content-Length: 7\r\nContent-Length: 0\r\n\r\n",
+        b"GET /v2/health/ready HTTP/1.0\r\n\r\n",
+        b"GET /v2 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+        b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n",
+        b"HEAD /v2/models/tiny HTTP/1.1\r\ncontent-length: 0\r\n\r\n",
+    ],
+)
+def test_the_one_call_fast_path_parses_exactly_as_httptools_does(raw):
+    from otpserve._kernel import http_parse_whole
+
+    assert http_parse_whole(raw, 65536, 1 << 20) is not None  # the fast path takes it whole
+    fast, slow = _parse_both_ways(raw)
+    assert len(fast) == 1
+    method, path, query, keep_alive, body, fast_headers = fast[0]
+    # httptools keeps every header; the fast path keeps the ones the router reads: compare those.
+    slow_method, slow_path, slow_query, slow_keep_alive, slow_body, slow_headers = slow[0]
+    read = {b"inference-header-content-length", b"x-request-timeout"}
+    assert (method, path, query, keep_alive, body) == (slow_method, slow_path, slow_query, slow_keep_alive, slow_body)
+    assert fast_headers == [(k, v) for k, v in slow_headers if k in read]
