@@ -395,23 +395,21 @@ fn mlp_forward<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     const F: &str = "mlp_forward";
     let (x, dtype) = array_arg(F, &"x", x, 2)?;
-    let pairs: Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>)> = layers
-        .try_iter()
-        .map_err(|_| {
-            PyTypeError::new_err(format!("{F}: layers must be a sequence of (w, b) pairs"))
-        })?
-        .enumerate()
-        .map(|(i, item)| {
-            let not_pair =
-                || PyTypeError::new_err(format!("{F}: layers[{i}] must be a (w, b) pair"));
-            let item = item?;
-            let seq = item.cast::<PySequence>().map_err(|_| not_pair())?;
-            if seq.len()? != 2 {
-                return Err(not_pair());
-            }
-            Ok((seq.get_item(0)?, seq.get_item(1)?))
-        })
-        .collect::<PyResult<_>>()?;
+    let items = layers.try_iter().map_err(|_| {
+        PyTypeError::new_err(format!("{F}: layers must be a sequence of (w, b) pairs"))
+    })?;
+    // A loop rather than `collect`: collecting asks the iterator for its length hint, a dictionary
+    // lookup of `__length_hint__` that cost as much as checking an array.
+    let mut pairs: Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>)> = Vec::with_capacity(4);
+    for (i, item) in items.enumerate() {
+        let not_pair = || PyTypeError::new_err(format!("{F}: layers[{i}] must be a (w, b) pair"));
+        let item = item?;
+        let seq = item.cast::<PySequence>().map_err(|_| not_pair())?;
+        if seq.len()? != 2 {
+            return Err(not_pair());
+        }
+        pairs.push((seq.get_item(0)?, seq.get_item(1)?));
+    }
     if pairs.is_empty() {
         return Err(PyValueError::new_err(format!(
             "{F}: layers is empty; at least one (w, b) pair is needed"
