@@ -1,7 +1,8 @@
 """Type stub of the native module ``otpserve._kernel`` (Rust, PyO3). Use it through ``otpserve.kernel``.
 
 Every function checks its arguments, then releases the GIL for the whole computation. Arrays must be
-numpy arrays of float32 or float64 (one dtype per call); C-contiguous ones are read in place.
+numpy arrays of float32 or float64 (one dtype per call); C-contiguous ones are read in place, without
+rust-numpy's borrow registry: no other thread may write them during the call.
 """
 
 from collections.abc import Sequence

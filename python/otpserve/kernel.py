@@ -13,6 +13,8 @@ Arrays:
       become float64. numpy arrays are never converted: an int64 array is a ``TypeError``.
     * Results go to a new array, or to ``out=``: a writeable, C-contiguous array of the result's shape
       and dtype that shares no memory with the inputs (else ``ValueError``/``TypeError``).
+    * As with numpy's own functions that release the GIL, an array a call uses must not be written by
+      another thread while the call runs: the result would hold unspecified values (never a crash).
 
 Shapes follow numpy: ``dense(x, w, b)`` is ``x @ w + b`` with ``w`` of shape (in, out), and zero-size
 dimensions are valid. NaN and inf propagate as numpy propagates them.
