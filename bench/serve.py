@@ -3,8 +3,9 @@
 Every server runs through the peers' own ``bench_server.sh`` (readiness, correctness, 5 s warm-up, 2 x 20 s
 of ``wrk -t1 -c64 --latency``), on the fixed MLP 784->128->10 with the peers' weights (model.py, seed 0).
 otpserve is driven with KServe v2 JSON bodies holding the same 784 floats; its correctness check sends the same
-256 inputs as v2 requests (check_v2.py). Then an overload run: wrk paced to about twice otpserve's measured
-capacity, while an open-loop probe times single requests and splits them into accepted (200) and rejected (503).
+256 inputs as v2 requests (check_v2.py). Then an overload run with bench/loadgen, an open-loop generator (wrk is
+closed-loop: a slow server slows it down, so it cannot hold an offered rate): 200 req/s for the unloaded
+latency, then twice otpserve's measured capacity, timing answers (200) and refusals (503) apart.
 
     .venv/bin/python bench/serve.py [--peers hello,litserve,ray] [--dur 20s] [--skip-overload]
 
@@ -15,7 +16,6 @@ Prints req/s, p50, p99 for each server and the ratios otpserve / peer. Peer venv
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import re
@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+nan = float("nan")
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = Path(os.environ.get("PEERS_DIR", ROOT.parent / "shared" / "bench" / "peers"))
@@ -91,76 +91,21 @@ def summarize(result: dict) -> dict:
 
 # ---- overload -----------------------------------------------------------------------------------------
 
-PACED_LUA = """
--- wrk script: the peers' POST body, each connection pausing DELAY_MS between requests (paced load).
-local path = os.getenv("BODY_FILE")
-local f = assert(io.open(path, "r"))
-wrk.method = "POST"
-wrk.body = f:read("*a")
-f:close()
-wrk.headers["Content-Type"] = "application/json"
-wrk.path = os.getenv("WRK_PATH")
-local d = tonumber(os.getenv("DELAY_MS"))
-delay = function() return d end
-done = function(summary, latency, requests)
-  io.write(string.format("PACED_JSON {\\"requests\\":%d,\\"duration_s\\":%.3f,\\"non2xx\\":%d}\\n",
-    summary.requests, summary.duration / 1e6, summary.errors.status))
-end
-"""
+LOADGEN = ROOT / "bench" / "loadgen" / "target" / "release" / "loadgen"
 
 
-async def probe(port: int, path: str, body: bytes, rate: float, seconds: float, conns: int = 8) -> list:
-    """Open-loop probe over keep-alive connections: a request every 1/rate s; (status, latency ms) each.
+def loadgen(port: int, upath: str, body_file: Path, rate: float, conns: int, seconds: int) -> dict:
+    """One open-loop run of bench/loadgen: ``rate`` requests a second at fixed times, whatever the server does.
 
-    A request whose turn comes while all ``conns`` connections are busy is recorded as status -1 (the probe
-    could not send it), so a stalled server shows up rather than slowing the probe down.
+    Latencies count from each request's intended send time (no coordinated omission), per status code.
     """
-    results: list[tuple[int, float]] = []
-    request = (
-        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
-    idle: list = []
-    for _ in range(conns):
-        idle.append(await asyncio.open_connection("127.0.0.1", port))
-
-    async def one() -> None:
-        if not idle:
-            results.append((-1, float("nan")))
-            return
-        reader, writer = idle.pop()
-        t0 = time.perf_counter()
-        try:
-            writer.write(request)
-            status = int((await asyncio.wait_for(reader.readline(), 30)).split()[1])
-            length = 0
-            while (line := await reader.readline()) not in (b"\r\n", b""):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":")[1])
-            await reader.readexactly(length)
-        except Exception:
-            results.append((0, (time.perf_counter() - t0) * 1000))
-            writer.close()
-            idle.append(await asyncio.open_connection("127.0.0.1", port))
-            return
-        results.append((status, (time.perf_counter() - t0) * 1000))
-        idle.append((reader, writer))
-
-    tasks = []
-    start = time.perf_counter()
-    i = 0
-    while time.perf_counter() - start < seconds:
-        tasks.append(asyncio.create_task(one()))
-        i += 1
-        await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
-    await asyncio.gather(*tasks)
-    for _, writer in idle:
-        writer.close()
-    return results
-
-
-def pct(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q)) if values else float("nan")
+    cmd = [str(LOADGEN), "--url", f"http://127.0.0.1:{port}{upath}", "--body", str(body_file)]
+    cmd += ["--rate", str(int(rate)), "--connections", str(conns), "--duration", str(seconds), "--warmup", "2"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
+    m = re.search(r"LOADGEN_JSON (\{.*\})", out)
+    if m is None:
+        raise RuntimeError(f"loadgen printed no result: {out[-2000:]}")
+    return json.loads(m.group(1))
 
 
 def wait_ready(port: int) -> None:
@@ -181,85 +126,48 @@ def wait_ready(port: int) -> None:
 
 
 def overload(port: int, upath: str, body_file: Path, capacity: float, seconds: int, server_cmd: list[str]) -> dict:
-    """The probe alone, then with wrk -c64 (at capacity), then with paced wrk at about twice capacity."""
-    lua = SCRATCH / "paced.lua"
-    lua.write_text(PACED_LUA)
-    body = body_file.read_bytes()
+    """Open-loop runs on a fresh server: nearly unloaded (200 req/s), then at twice ``capacity``."""
+    if not LOADGEN.exists():
+        manifest = ROOT / "bench" / "loadgen" / "Cargo.toml"
+        subprocess.run(["cargo", "build", "--release", "--quiet", "--manifest-path", str(manifest)], check=True)
     proc = subprocess.Popen(server_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_ready(port)
-        alone = _probe_during(port, upath, body, body_file, lua, conns=0, delay_ms=0, seconds=6)
-        base = _probe_during(port, upath, body, body_file, lua, conns=64, delay_ms=0, seconds=seconds)
-        # Twice capacity: 512 paced connections. A connection offers 1 / (delay + latency) requests a second;
-        # calibrate the delay on a short run so that the offered rate (answers + refusals) is ~2 x capacity.
-        conns, target = 512, 2 * capacity
-        delay_ms = max(1, int(conns / target * 1000))
-        for _ in range(3):
-            trial = _probe_during(port, upath, body, body_file, lua, conns=conns, delay_ms=delay_ms, seconds=5)
-            ratio = trial["offered_rps"] / target
-            if 0.9 <= ratio <= 1.15 or delay_ms == 1:
-                break
-            delay_ms = max(1, int(delay_ms * ratio))
-        over = _probe_during(port, upath, body, body_file, lua, conns=conns, delay_ms=delay_ms, seconds=seconds)
+        alone = loadgen(port, upath, body_file, 200, 16, 8)
+        # Many connections: with one request in flight per connection, the server can only be offered more
+        # than it answers if connections outnumber what it holds in flight at capacity.
+        over = loadgen(port, upath, body_file, 2 * capacity, 1024, seconds)
     finally:
         os.killpg(proc.pid, 15)
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, 9)
-    return {"alone": alone, "base": base, "over": over, "conns": conns, "delay_ms": delay_ms}
-
-
-def _probe_during(port, upath, body, body_file, lua, conns, delay_ms, seconds) -> dict:
-    wrk = None
-    if conns:
-        env = {**os.environ, "BODY_FILE": str(body_file), "WRK_PATH": upath, "DELAY_MS": str(delay_ms)}
-        cmd = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "10s", "-s", str(lua)]
-        wrk = subprocess.Popen([*cmd, f"http://127.0.0.1:{port}"], env=env, stdout=subprocess.PIPE, text=True)
-        time.sleep(1.0)
-    samples = asyncio.run(probe(port, upath, body, rate=200, seconds=max(2, seconds - 2)))
-    w = {"requests": 0, "duration_s": 1, "non2xx": 0}
-    if wrk is not None:
-        out, _ = wrk.communicate(timeout=seconds + 30)
-        m = re.search(r"PACED_JSON (\{.*\})", out)
-        w = json.loads(m.group(1)) if m else w
-    ok = [ms for st, ms in samples if st == 200]
-    rejected = [ms for st, ms in samples if st == 503]
-    return {
-        "offered_rps": w["requests"] / w["duration_s"],
-        "answered_2xx_rps": (w["requests"] - w["non2xx"]) / w["duration_s"],
-        "probe_n": len(samples),
-        "ok_n": len(ok),
-        "ok_p50": pct(ok, 50),
-        "ok_p99": pct(ok, 99),
-        "rej_n": len(rejected),
-        "rej_p50": pct(rejected, 50),
-        "rej_p99": pct(rejected, 99),
-        "unsent": sum(1 for st, _ in samples if st == -1),
-        "other": sorted({st for st, _ in samples if st not in (200, 503, -1)}),
-    }
+    return {"alone": alone, "over": over}
 
 
 def report_overload(args, otp_cmd: list[str], v2_body: Path, capacity: float) -> None:
     """Run the overload section and print it."""
     o = overload(8112, "/v2/models/mlp/infer", v2_body, capacity, args.overload_seconds, [*otp_cmd[:-1], "8112"])
-    a, b, v = o["alone"], o["base"], o["over"]
-    print("\n== overload: probe = 200 req/s open-loop over 8 keep-alive connections, beside wrk")
-    print(f"probe alone (unloaded):   accepted p50 {a['ok_p50']:.2f} ms  p99 {a['ok_p99']:.2f} ms (n={a['ok_n']})")
+    alone, over = o["alone"], o["over"]
+    quiet = alone["status"].get("200", {})
+    ok, refused = over["status"].get("200", {}), over["status"].get("503", {})
+    other = {k: v["n"] for k, v in over["status"].items() if k not in ("200", "503")}
+    secs = over["duration_s"]
+    print("\n== overload: bench/loadgen, open loop (fixed send times; latency from the intended send time)")
+    print(f"unloaded (200 req/s, 16 conns): p50 {quiet.get('p50_ms', nan):.2f} p99 {quiet.get('p99_ms', nan):.2f} ms")
     print(
-        f"at capacity (wrk -c64):   offered {b['offered_rps']:.0f}/s; accepted p50 {b['ok_p50']:.2f} ms "
-        f"p99 {b['ok_p99']:.2f} ms (n={b['ok_n']}), refused n={b['rej_n']}"
+        f"2x capacity ({over['rate']} req/s = 2 x {capacity:.0f}, {over['connections']} conns, {secs} s): "
+        f"answered 200 {ok.get('n', 0) / secs:.0f}/s, refused 503 {refused.get('n', 0) / secs:.0f}/s, "
+        f"errors {over['errors']}, timeouts {over['timeouts']}, unsent {over['unsent']}, other {other}"
     )
     print(
-        f"2x capacity (wrk -c{o['conns']}, {o['delay_ms']} ms pause per connection): offered "
-        f"{v['offered_rps']:.0f}/s = {v['offered_rps'] / capacity:.2f}x capacity, answered 200 "
-        f"{v['answered_2xx_rps']:.0f}/s; accepted p50 {v['ok_p50']:.2f} p99 {v['ok_p99']:.2f} ms (n={v['ok_n']}); "
-        f"refused 503 p50 {v['rej_p50']:.2f} p99 {v['rej_p99']:.2f} ms (n={v['rej_n']}); unsent {v['unsent']}; "
-        f"other statuses {v['other']}"
+        f"  accepted p50 {ok.get('p50_ms', nan):.2f} p99 {ok.get('p99_ms', nan):.2f} ms; "
+        f"refused p50 {refused.get('p50_ms', nan):.2f} p99 {refused.get('p99_ms', nan):.2f} ms"
     )
     print(
-        f"accepted p99 at 2x / at capacity = {v['ok_p99'] / b['ok_p99']:.2f}x, / unloaded = "
-        f"{v['ok_p99'] / a['ok_p99']:.2f}x (target <= 3x); 503 p99 {v['rej_p99']:.2f} ms (target <= 5 ms)"
+        f"accepted p99 at 2x / unloaded p99 = {ok.get('p99_ms', nan) / quiet.get('p99_ms', nan):.2f}x "
+        f"(target <= 3x); 503 p99 {refused.get('p99_ms', nan):.2f} ms (target <= 5 ms)"
     )
 
 
