@@ -385,30 +385,43 @@ def test_readiness_turns_false_when_workers_keep_dying_while_liveness_stays_true
         assert status == 503 and "stopped" in json.loads(body)["error"]
 
 
-def test_load_shedder_admits_less_while_ticks_run_late_and_more_once_they_keep_time():
-    shedder = LoadShedder(above=0.008, below=0.004, sustain=2, decrease=0.5, increase=0.25, floor=0.1)
-    lags = (0.001, 0.05, 0.001, 0.009, 0.009, 0.009, 0.009, 0.006, 0.003, 0.003, 0.003, 0.003)
-    # one stall is not overload; two late ticks in a row are; never below the floor; recovers additively
-    admits = [shedder.observe(lag) for lag in lags]
-    assert admits == [1.0, 1.0, 1.0, 1.0, 0.5, 0.25, 0.125, 0.125, 0.375, 0.625, 0.875, 1.0]
-    shedder.admit = 0.25
-    refused = sum(shedder.refuse() for _ in range(4000))
-    assert 2700 < refused < 3300  # about 3 in 4
-    shedder.admit = 1.0
-    assert not any(shedder.refuse() for _ in range(1000))
+def test_load_shedder_caps_admissions_per_tick_while_ticks_run_late_and_lifts_the_cap_once_calm():
+    shedder = LoadShedder(above=0.008, below=0.004, sustain=2, max_cut=0.5, min_cut=0.9, increase=0.5, calm_ticks=2)
+
+    def tick(arrivals: int, lag: float) -> tuple[int, float | None]:
+        admitted = sum(not shedder.refuse() for _ in range(arrivals))
+        return admitted, shedder.observe(lag)
+
+    assert tick(100, 0.001) == (100, None)
+    assert tick(100, 0.050) == (100, None)  # one stall is not overload
+    assert tick(100, 0.001) == (100, None)
+    assert tick(100, 0.009) == (100, None)
+    assert tick(100, 0.0085) == (100, 90.0)  # the second late tick in a row caps the next: 100 x 0.9 (min_cut)
+    assert tick(300, 0.016) == (90, 45.0)  # three times the arrivals, still 90 admitted; 16 ms late: halve
+    assert shedder.shedding and shedder.admit == 90 / 300
+    assert tick(50, 0.006) == (45, 45.0)  # between below and above: hold
+    assert tick(50, 0.001) == (45, 45 * 1.5 + 1)  # calm: grow
+    assert tick(10, 0.001) == (10, 68.5 * 1.5 + 1)  # calm and no refusal: one more calm tick to lift it
+    assert tick(10, 0.001) == (10, None)
+    assert not shedder.shedding
+    shedder.limit = 0.5  # never below one a tick (floor): the server keeps doing useful work
+    shedder._late = 5
+    assert shedder.observe(1.0) == 1.0
     with pytest.raises(ValueError, match="below"):
         LoadShedder(above=0.001, below=0.002)
+    with pytest.raises(ValueError, match="floor"):
+        LoadShedder(floor=0)
 
 
 def test_while_the_loop_runs_late_inference_is_refused_with_503_before_decoding():
     with running_server(batch_size=4) as (port, serving, server):
-        server.shedder.observe = lambda lag: server.shedder.admit  # the lag watcher may not change it
-        server.shedder.admit = 0.0
+        server.shedder.observe = lambda lag: server.shedder.limit  # the lag watcher may not change it
+        server.shedder.limit = 0.0
         status, headers, body = request(port, "POST", "/v2/models/tiny/infer", b"not even json")
         assert status == 503 and headers.get("retry-after") == "1"
         assert "overloaded" in json.loads(body)["error"]
         assert request(port, "GET", "/v2/health/live")[0] == 200  # only inference is shed
-        server.shedder.admit = 1.0
+        server.shedder.limit = None
         assert request(port, "POST", "/v2/models/tiny/infer", infer_body(X))[0] == 200
         assert serving.metrics.requests.get((("outcome", "overloaded"),)) == 1
         assert server.shed.get() == 1
@@ -429,7 +442,7 @@ def test_blocking_the_event_loop_shows_up_as_lag_and_lowers_admission_until_it_r
         deadline = time.monotonic() + 5
         while not server.shedder.shedding and time.monotonic() < deadline:
             time.sleep(0.001)
-        assert server.shedder.shedding, f"lag {server.shedder.lag}"
+        assert server.shedder.shedding, f"behind {server.shedder.behind}"
         deadline = time.monotonic() + 5
         while server.shedder.shedding and time.monotonic() < deadline:
             time.sleep(0.01)

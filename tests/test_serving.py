@@ -221,6 +221,27 @@ def test_run_sync_serves_blocking_callers_from_other_threads():
     np.testing.assert_allclose(out, affine(rows(2)), rtol=1e-6)
 
 
+def test_take_slowest_reports_the_oldest_waiting_request_then_the_slowest_answer_and_resets():
+    model = Recording()
+    model.gate.clear()  # hold the worker: requests queue up behind the first batch
+
+    async def main():
+        async with Serving(model, batch_size=1, batch_timeout=0.001) as s:
+            assert s.take_slowest() == 0.0  # nothing queued, nothing answered
+            first = asyncio.ensure_future(s.run(rows(1)))
+            second = asyncio.ensure_future(s.run(rows(1)))
+            await asyncio.sleep(0.05)
+            waiting = s.take_slowest()
+            assert 0.04 < waiting < 5  # the second request has been queued ~50 ms behind the held batch
+            model.gate.set()
+            await asyncio.gather(first, second)
+            answered = s.take_slowest()
+            assert answered >= waiting  # the slowest answer took at least as long as it had waited
+            assert s.take_slowest() == 0.0  # each call starts a fresh window
+
+    asyncio.run(main())
+
+
 def test_stop_drains_queued_work_and_then_refuses_new_requests():
     model = Recording()
 

@@ -140,7 +140,11 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 # Gauges that must not be summed across processes: the worst lag, the lowest admission ratio.
-_GAUGE_MERGE = {"otpserve_event_loop_lag_seconds": max, "otpserve_http_admit_ratio": min}
+_GAUGE_MERGE = {
+    "otpserve_event_loop_lag_seconds": max,
+    "otpserve_http_behind_seconds": max,
+    "otpserve_http_admit_ratio": min,
+}
 
 
 def merge_expositions(texts: list[str]) -> str:

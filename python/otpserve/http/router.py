@@ -126,8 +126,8 @@ class Router:
     def infer(self, conn: HttpConnection, req: Incoming, name: str, serving: Serving) -> None:
         """Decode, queue and, when the batch is done, answer one inference request."""
         shedder = self.server.shedder
-        if shedder.admit < 1.0 and shedder.refuse():
-            self._refuse(conn, req, serving, shedder.lag)
+        if shedder.refuse():
+            self._refuse(conn, req, serving, shedder.behind)
             return
         if serving.queue_full:
             # Refuse before decoding: under overload a refusal must cost far less than an answer, or the
@@ -188,21 +188,21 @@ class Router:
             exc = RuntimeError(f"the model failed on this batch: {exc}")
         self._reply(conn, req, status, self.error_body(str(exc)), extra=extra)
 
-    def _refuse(self, conn: HttpConnection, req: Incoming, serving: Serving, lag: float) -> None:
+    def _refuse(self, conn: HttpConnection, req: Incoming, serving: Serving, behind: float) -> None:
         """503 + Retry-After for a request the shedder turned away, before its body is decoded."""
         server = self.server
         server.shed.inc()
         server.count_status(503)
         serving.metrics.requests.inc(labels=OVERLOADED)
-        lag_ms = int(lag * 1000)
+        behind_ms = int(behind * 1000)
         keep_alive = req.keep_alive
-        response = self._refusals.get((lag_ms, keep_alive))
+        response = self._refusals.get((behind_ms, keep_alive))
         if response is None:
             if len(self._refusals) > 256:
                 self._refusals.clear()
-            message = f"server overloaded: requests wait {lag_ms} ms before they are read; retry later"
+            message = f"server overloaded: requests wait {behind_ms} ms beyond their compute; retry later"
             response = response_bytes(503, self.error_body(message), JSON, RETRY_AFTER, close=not keep_alive)
-            self._refusals[(lag_ms, keep_alive)] = response
+            self._refusals[(behind_ms, keep_alive)] = response
         conn.send(response, keep_alive)
 
     # ---- helpers ---------------------------------------------------------------------------------------

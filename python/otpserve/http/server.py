@@ -65,9 +65,17 @@ class HttpServer:
         self.router = Router(self)
         self.registry = Registry()
         self.responses = self.registry.add(Counter("otpserve_http_responses_total", "HTTP responses by status."))
-        self.shed = self.registry.add(Counter("otpserve_http_shed_total", "Inference refused while the loop ran late."))
+        self.shed = self.registry.add(Counter("otpserve_http_shed_total", "Inference refused while running behind."))
+        self.loop_lag = 0.0
         self.registry.add(
-            Gauge("otpserve_event_loop_lag_seconds", "How late the last loop tick ran.", lambda: self.shedder.lag)
+            Gauge("otpserve_event_loop_lag_seconds", "How late the last loop tick ran.", lambda: self.loop_lag)
+        )
+        self.registry.add(
+            Gauge(
+                "otpserve_http_behind_seconds",
+                "Loop lag plus the slowest recent queue-and-compute time: what the shedder steers.",
+                lambda: self.shedder.behind,
+            )
         )
         self.registry.add(
             Gauge("otpserve_http_admit_ratio", "Share of inference requests admitted now.", lambda: self.shedder.admit)
@@ -131,11 +139,19 @@ class HttpServer:
         return self
 
     async def _watch_lag(self, interval: float = 0.005) -> None:
-        """Every few ms, measure how late the loop runs a timer: the shedder's input (~200 cheap wake-ups/s)."""
+        """Every few ms, measure how far behind the server runs: the shedder's input (~200 cheap wake-ups/s).
+
+        A request waits twice before its answer: for the loop to read it (how late this timer fires) and in
+        its serving (the slowest submit-to-answer time since the last tick, or the oldest still queued).
+        The shedder steers their sum, which is what an accepted request sees beyond its own compute.
+        """
+        servings = self.servings
         while True:
             t0 = perf_counter()
             await asyncio.sleep(interval)
-            self.shedder.observe(max(0.0, perf_counter() - t0 - interval))
+            lag = self.loop_lag = max(0.0, perf_counter() - t0 - interval)
+            behind = max((s.take_slowest() for s in servings.values()), default=0.0)
+            self.shedder.observe(lag + behind)
 
     async def _sweep(self) -> None:
         """Once a second, time out connections stuck mid-request (one timer for all, not one per request),

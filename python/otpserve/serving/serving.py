@@ -81,6 +81,7 @@ class Serving(Owner):
         self._free: list[Partition] = []
         self._retry: deque[Batch] = deque()
         self._due = False
+        self._slowest = 0.0  # longest submit-to-answer time since the last `take_slowest`
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._supervisor: Supervisor | None = None
@@ -250,6 +251,15 @@ class Serving(Owner):
             self._dispatch()
         return req
 
+    def take_slowest(self) -> float:
+        """Seconds the slowest request took from submit to answer since the last call, or the age of the
+        oldest one still waiting if that is longer: how far behind the serving runs, for a load shedder."""
+        slowest, self._slowest = self._slowest, 0.0
+        head = self.queue.head() if self.queue.rows else None
+        if head is not None:
+            slowest = max(slowest, perf_counter() - head.enqueued_at)
+        return slowest
+
     def cancel(self, req: Request) -> None:
         """The caller went away: drop its queued rows (no compute is spent on them)."""
         if req.state == DONE:
@@ -402,7 +412,10 @@ class Serving(Owner):
                     req.pending -= count
                     if req.pending == 0:
                         m.requests.inc(labels=(("outcome", "success"),))
-                        m.latency.observe(now - req.enqueued_at)
+                        took = now - req.enqueued_at
+                        m.latency.observe(took)
+                        if took > self._slowest:
+                            self._slowest = took
                         self._resolve(req)
                 row += count
         self._deadlines.trim()
