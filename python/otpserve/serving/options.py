@@ -20,8 +20,11 @@ class ServingOptions:
     # 64 rows fill the 784->128->10 MLP's fast path while keeping a batch well under a millisecond.
     batch_size: int = 64
     # Seconds counted from the first request of a batch (Nx.Serving counts the same way; 100 ms there is
-    # tuned for GPUs, a CPU MLP answers in microseconds, so 2 ms keeps idle latency low).
-    batch_timeout: float = 0.002
+    # tuned for GPUs). A CPU MLP answers in microseconds, and what arrives in one turn of the event loop is
+    # the batch that is worth waiting for: 0.5 ms measured ~1.5x the throughput of 2 ms at 64 connections
+    # (the callers wait less, so they send sooner) with full batches under load. uvloop's timers count
+    # whole milliseconds, so there a timeout under 1 ms closes the batch after the current loop turn.
+    batch_timeout: float = 0.0005
     # Workers that each run one batch at a time ("partitions" in Nx.Serving).
     partitions: int = 1
     # "process": each partition is an OS process under a supervisor, batches cross through shared memory,
