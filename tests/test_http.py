@@ -386,29 +386,31 @@ def test_readiness_turns_false_when_workers_keep_dying_while_liveness_stays_true
 
 
 def test_load_shedder_caps_admissions_per_tick_while_ticks_run_late_and_lifts_the_cap_once_calm():
-    shedder = LoadShedder(above=0.008, below=0.004, sustain=2, max_cut=0.5, min_cut=0.9, increase=0.5, calm_ticks=2)
+    shedder = LoadShedder(engage=0.010, above=0.004, sustain=2, max_cut=0.5, min_cut=0.9, increase=0.5, calm_ticks=2)
 
-    def tick(arrivals: int, lag: float) -> tuple[int, float | None]:
+    def tick(arrivals: int, behind: float) -> tuple[int, float | None]:
         admitted = sum(not shedder.refuse() for _ in range(arrivals))
-        return admitted, shedder.observe(lag)
+        return admitted, shedder.observe(behind)
 
     assert tick(100, 0.001) == (100, None)
     assert tick(100, 0.050) == (100, None)  # one stall is not overload
     assert tick(100, 0.001) == (100, None)
-    assert tick(100, 0.009) == (100, None)
-    assert tick(100, 0.0085) == (100, 90.0)  # the second late tick in a row caps the next: 100 x 0.9 (min_cut)
-    assert tick(300, 0.016) == (90, 45.0)  # three times the arrivals, still 90 admitted; 16 ms late: halve
-    assert shedder.shedding and shedder.admit == 90 / 300
-    assert tick(50, 0.006) == (45, 45.0)  # between below and above: hold
-    assert tick(50, 0.001) == (45, 45 * 1.5 + 1)  # calm: grow
-    assert tick(10, 0.001) == (10, 68.5 * 1.5 + 1)  # calm and no refusal: one more calm tick to lift it
-    assert tick(10, 0.001) == (10, None)
+    assert tick(100, 0.008) == (100, None)  # behind, but not by enough to start capping
+    assert tick(100, 0.008) == (100, None)
+    assert tick(100, 0.011) == (100, None)
+    assert tick(100, 0.016) == (100, 50.0)  # the second tick in a row over `engage` caps: 100 x 4/16 -> max_cut
+    assert tick(300, 0.005) == (50, 50.0)  # three times the arrivals, still 50 admitted; one late tick: hold
+    assert shedder.shedding and shedder.admit == 50 / 300
+    assert tick(300, 0.0042) == (50, 45.0)  # the second late tick in a row cuts: 50 x 0.9 (min_cut)
+    assert tick(300, 0.003) == (45, 45 * 1.5 + 1)  # keeping time grows the cap, refusals or not
+    assert tick(60, 0.003) == (60, 68.5 * 1.5 + 1)  # the cap no longer bites: one more such tick lifts it
+    assert tick(60, 0.003) == (60, None)
     assert not shedder.shedding
     shedder.limit = 0.5  # never below one a tick (floor): the server keeps doing useful work
     shedder._late = 5
     assert shedder.observe(1.0) == 1.0
-    with pytest.raises(ValueError, match="below"):
-        LoadShedder(above=0.001, below=0.002)
+    with pytest.raises(ValueError, match="engage"):
+        LoadShedder(above=0.02, engage=0.01)
     with pytest.raises(ValueError, match="floor"):
         LoadShedder(floor=0)
 

@@ -6,12 +6,15 @@ sees them, the queue never fills, and every request gets slower. Every few milli
 how far behind it runs: how late a periodic timer fires (the wait before a request is read) plus the slowest
 submit-to-answer time in its servings since the last tick (the wait after).
 
-While the server keeps up the shedder does nothing. After ``sustain`` late ticks in a row (behind by more
-than ``above``) it caps how many inference requests each tick may admit, starting from what the last tick
-admitted and cutting the cap on every further late tick in proportion to how late it ran (``above / behind``,
-between ``max_cut`` and ``min_cut``); past the cap a tick's requests get 503 + Retry-After before their
-bodies are decoded. On a tick under ``below`` the cap grows by ``increase`` of itself, and once a few calm
-ticks pass without a refusal the cap is lifted.
+While the server keeps up the shedder does nothing. After ``sustain`` ticks in a row more than ``engage``
+behind (a backlog that keeps growing, not the few ms a busy server runs behind) it caps how many inference
+requests each tick may admit, starting from what the last tick admitted; past the cap a tick's requests get
+503 + Retry-After before their bodies are decoded. While capped it steers to ``above``: two ticks in a row
+over it cut the cap in proportion to how late they ran (``above / behind``, between ``max_cut`` and
+``min_cut``); every tick under it grows the cap by ``increase`` of itself. Once ``calm_ticks`` ticks pass
+without a refusal, the cap is lifted. Growing on every tick that keeps time, not only on idle ones, is what
+lets a busy closed-loop client (which resends at once, so its refusals never stop by themselves) get the
+cap lifted again.
 
 A cap on *admitted work per tick*, rather than a share of the arrivals, is what keeps the loop on time under
 a flood: twice the offered load then means twice the (cheap) refusals, not twice the (expensive) answers.
@@ -28,8 +31,8 @@ class LoadShedder:
 
     def __init__(
         self,
+        engage: float = 0.010,
         above: float = 0.004,
-        below: float = 0.002,
         sustain: int = 5,
         max_cut: float = 0.5,
         min_cut: float = 0.9,
@@ -37,8 +40,8 @@ class LoadShedder:
         floor: int = 1,
         calm_ticks: int = 20,
     ) -> None:
-        if not 0 < below <= above:
-            raise ValueError(f"LoadShedder needs 0 < below <= above; got below={below}, above={above}")
+        if not 0 < above <= engage:
+            raise ValueError(f"LoadShedder needs 0 < above <= engage; got above={above}, engage={engage}")
         if sustain < 1 or calm_ticks < 1:
             raise ValueError(f"LoadShedder needs sustain >= 1 and calm_ticks >= 1; got {sustain}, {calm_ticks}")
         if not (0 < max_cut <= min_cut < 1 and 0 < increase <= 1 and floor >= 1):
@@ -46,10 +49,11 @@ class LoadShedder:
                 f"LoadShedder needs 0 < max_cut <= min_cut < 1, 0 < increase <= 1, floor >= 1; "
                 f"got max_cut={max_cut}, min_cut={min_cut}, increase={increase}, floor={floor}"
             )
-        # 4 ms: at capacity with 64 busy connections a request waits ~2 ms (p99 ~4 ms) on this class of
-        # machine, and never for more than two ticks in a row over 4 ms; a real overload keeps them late.
+        # At capacity with 64 busy connections a request waits ~2 ms (p99 ~4 ms) on this class of machine and
+        # a stall (a collection, a moment without the CPU) makes a tick or two late; 5 ticks in a row over
+        # 10 ms is a backlog. Once capped, 4 ms is the wait the cap steers to.
+        self.engage = engage
         self.above = above
-        self.below = below
         self.sustain = sustain
         self.max_cut = max_cut
         self.min_cut = min_cut
@@ -62,7 +66,7 @@ class LoadShedder:
         self.admitted = 0  # in the current tick
         self.refused = 0
         self._late = 0  # consecutive late ticks
-        self._calm = 0  # consecutive calm ticks without a refusal
+        self._calm = 0  # consecutive ticks without a refusal, while capped
 
     @property
     def shedding(self) -> bool:
@@ -75,22 +79,26 @@ class LoadShedder:
         admitted, refused = self.admitted, self.refused
         self.admitted = self.refused = 0
         self.admit = admitted / (admitted + refused) if admitted + refused else 1.0
+        limit = self.limit
+        if limit is None:
+            self._late = self._late + 1 if behind > self.engage else 0
+            if self._late >= self.sustain:
+                self._late = self._calm = 0
+                self.limit = max(float(self.floor), admitted * self._cut(behind))
+            return self.limit
         if behind > self.above:
             self._late += 1
             self._calm = 0
-            if self._late >= self.sustain:
-                cut = min(self.min_cut, max(self.max_cut, self.above / behind))
-                start = admitted if self.limit is None else min(self.limit, admitted)
-                self.limit = max(float(self.floor), start * cut)
+            if self._late >= 2:
+                self.limit = max(float(self.floor), min(limit, admitted) * self._cut(behind))
             return self.limit
         self._late = 0
-        if self.limit is not None and behind < self.below:
-            self._calm = self._calm + 1 if refused == 0 else 0
-            if self._calm >= self.calm_ticks:
-                self.limit = None  # the cap has not bitten for a while: lift it
-            else:
-                self.limit = self.limit * (1.0 + self.increase) + 1.0
+        self._calm = self._calm + 1 if refused == 0 else 0
+        self.limit = None if self._calm >= self.calm_ticks else limit * (1.0 + self.increase) + 1.0
         return self.limit
+
+    def _cut(self, behind: float) -> float:
+        return min(self.min_cut, max(self.max_cut, self.above / behind))
 
     def refuse(self) -> bool:
         """Whether to refuse the inference request at hand (counted against this tick's cap)."""
