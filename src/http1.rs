@@ -41,6 +41,14 @@ pub fn parse_whole(buf: &[u8], max_head: usize, max_body: usize) -> Option<Whole
     if !target.starts_with('/') {
         return None; // absolute-form and asterisk-form targets: rare, let httptools judge them
     }
+    // httparse is laxer than llhttp in three ways a client can reach: lines ended by a bare LF, methods
+    // llhttp does not know (or in lower case), bytes over 0x7f in the target. httptools answers all three
+    // 400; the same bytes must not be served when they happen to arrive in one read. A bare LF matters
+    // most: a proxy that ends lines only at CRLF reads `X: a\nContent-Length: 5` as one header, so the
+    // two would disagree on where a request ends (request smuggling).
+    if !KNOWN_METHODS.contains(&method) || !target.is_ascii() || has_bare_lf(&buf[..head_len]) {
+        return None;
+    }
     let mut content_length: Option<usize> = None;
     let mut connection_close = false;
     let mut connection_keep_alive = false;
@@ -97,6 +105,16 @@ pub fn parse_whole(buf: &[u8], max_head: usize, max_body: usize) -> Option<Whole
         inference_header_length,
         timeout,
     })
+}
+
+/// Methods the fast path takes (all known to llhttp); any other goes to httptools, which judges it.
+const KNOWN_METHODS: [&str; 7] = ["GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH"];
+
+/// Whether a line of the head ends in LF without CR before it (llhttp refuses those; httparse takes them).
+fn has_bare_lf(head: &[u8]) -> bool {
+    head.iter()
+        .enumerate()
+        .any(|(i, &c)| c == b'\n' && (i == 0 || head[i - 1] != b'\r'))
 }
 
 /// A Content-Length value: ASCII digits only (no sign, no spaces inside), at most 15 of them.
@@ -203,6 +221,15 @@ mod tests {
             b"G ET / HTTP/1.1\r\n\r\n",
             b"\x00\x01\x02",
             b"",
+            // what llhttp refuses must not be taken here (same bytes, same answer, however they arrive)
+            b"GET / HTTP/1.1\n\n",
+            b"GET / HTTP/1.1\r\nHost: a\n\r\n",
+            b"POST / HTTP/1.1\r\nX: a\nContent-Length: 2\r\n\r\nab", // smuggling shape
+            b"get / HTTP/1.1\r\n\r\n",
+            b"FOO / HTTP/1.1\r\n\r\n",
+            b"CONNECT / HTTP/1.1\r\n\r\n",
+            b"PRI / HTTP/1.1\r\n\r\n",
+            b"GET /\xc3\xa9 HTTP/1.1\r\n\r\n",
         ];
         for buf in declined {
             assert_eq!(whole(buf), None, "{:?}", String::from_utf8_lossy(buf));

@@ -572,3 +572,21 @@ def test_the_one_call_fast_path_parses_exactly_as_httptools_does(raw):
     read = {b"inference-header-content-length", b"x-request-timeout"}
     assert (method, path, query, keep_alive, body) == (slow_method, slow_path, slow_query, slow_keep_alive, slow_body)
     assert fast_headers == [(k, v) for k, v in slow_headers if k in read]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GET /v2/health/live HTTP/1.1\n\n",
+        b"GET /v2/health/live HTTP/1.1\r\nHost: a\n\r\n",
+        # a proxy that ends lines only at CRLF sees no Content-Length here: the two must not disagree
+        b"POST /v2/models/tiny/infer HTTP/1.1\r\nX: a\nContent-Length: 2\r\n\r\n{}",
+        b"get /v2/health/live HTTP/1.1\r\n\r\n",
+        b"GET /v2/health/live\xc3\xa9 HTTP/1.1\r\n\r\n",
+    ],
+)
+def test_what_httptools_refuses_gets_400_even_when_it_arrives_whole_in_one_read(port, raw):
+    from otpserve._kernel import http_parse_whole
+
+    assert http_parse_whole(raw, 65536, 1 << 20) is None  # the fast path leaves it to httptools
+    assert raw_exchange(port, raw).startswith(b"HTTP/1.1 400")
