@@ -221,23 +221,53 @@ def test_run_sync_serves_blocking_callers_from_other_threads():
     np.testing.assert_allclose(out, affine(rows(2)), rtol=1e-6)
 
 
-def test_take_slowest_reports_the_oldest_waiting_request_then_the_slowest_answer_and_resets():
+def test_take_behind_reports_the_oldest_waiting_request_then_the_longest_wait_and_resets():
     model = Recording()
     model.gate.clear()  # hold the worker: requests queue up behind the first batch
 
     async def main():
         async with Serving(model, batch_size=1, batch_timeout=0.001) as s:
-            assert s.take_slowest() == 0.0  # nothing queued, nothing answered
+            assert s.take_behind() == 0.0  # nothing queued, nothing answered
             first = asyncio.ensure_future(s.run(rows(1)))
             second = asyncio.ensure_future(s.run(rows(1)))
             await asyncio.sleep(0.05)
-            waiting = s.take_slowest()
+            waiting = s.take_behind()
             assert 0.04 < waiting < 5  # the second request has been queued ~50 ms behind the held batch
             model.gate.set()
             await asyncio.gather(first, second)
-            answered = s.take_slowest()
-            assert answered >= waiting  # the slowest answer took at least as long as it had waited
-            assert s.take_slowest() == 0.0  # each call starts a fresh window
+            # answered: the second waited for exactly one batch ahead of it, which is the model's pace
+            assert s.take_behind() == 0.0
+
+    asyncio.run(main())
+
+
+def affine_in_20_ms(x: np.ndarray) -> np.ndarray:
+    time.sleep(0.02)
+    return affine(x)
+
+
+def test_a_slow_model_at_ease_is_not_behind_however_long_its_batches_take():
+    model = model_of(affine_in_20_ms)
+
+    async def main():
+        async with Serving(model, batch_size=4, batch_timeout=0.001) as s:
+
+            async def caller() -> None:
+                for _ in range(6):
+                    await s.run(rows(1))
+
+            readings: list[float] = []
+
+            async def watch() -> None:
+                while True:
+                    await asyncio.sleep(0.005)
+                    readings.append(s.take_behind())
+
+            watcher = asyncio.ensure_future(watch())
+            await asyncio.gather(*(caller() for _ in range(4)))
+            watcher.cancel()
+            # requests wait for the batch in progress and their own: that is the model's pace, not a backlog
+            assert max(readings) < 0.010, readings
 
     asyncio.run(main())
 
@@ -272,10 +302,13 @@ def process_options(**kw) -> dict:
 
 def test_process_workers_answer_through_shared_memory():
     async def main():
-        async with Serving(model_of(affine), **process_options(batch_size=8, partitions=2)) as s:
+        async with Serving(model_of(affine_in_20_ms), **process_options(batch_size=8, partitions=2)) as s:
             outs = await asyncio.gather(*(s.run(rows(3, i)) for i in range(10)))
             assert s.workers_alive == 2
             pids = [p.pid for p in s.partitions]
+            compute = s.metrics.compute  # each worker reports what the model took on each batch
+            assert compute.count == s.metrics.batches.get() > 0
+            assert 0.02 * compute.count <= compute.sum < 5
         for i, out in enumerate(outs):
             np.testing.assert_allclose(out, affine(rows(3, i)), rtol=1e-6)
         assert all(pid != os.getpid() for pid in pids)

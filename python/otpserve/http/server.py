@@ -73,7 +73,7 @@ class HttpServer:
         self.registry.add(
             Gauge(
                 "otpserve_http_behind_seconds",
-                "Loop lag plus the slowest recent queue-and-compute time: what the shedder steers.",
+                "Loop lag plus the longest recent wait beyond model compute: what the shedder steers.",
                 lambda: self.shedder.behind,
             )
         )
@@ -142,7 +142,7 @@ class HttpServer:
         """Every few ms, measure how far behind the server runs: the shedder's input (~200 cheap wake-ups/s).
 
         A request waits twice before its answer: for the loop to read it (how late this timer fires) and in
-        its serving (the slowest submit-to-answer time since the last tick, or the oldest still queued).
+        its serving (the longest wait beyond the model's compute since the last tick: ``take_behind``).
         The shedder steers their sum, which is what an accepted request sees beyond its own compute.
         """
         servings = self.servings
@@ -150,7 +150,7 @@ class HttpServer:
             t0 = perf_counter()
             await asyncio.sleep(interval)
             lag = self.loop_lag = max(0.0, perf_counter() - t0 - interval)
-            behind = max((s.take_slowest() for s in servings.values()), default=0.0)
+            behind = max((s.take_behind() for s in servings.values()), default=0.0)
             self.shedder.observe(lag + behind)
 
     async def _sweep(self) -> None:

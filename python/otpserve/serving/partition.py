@@ -15,6 +15,7 @@ import logging
 import mmap
 import multiprocessing
 import os
+import struct
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing import reduction
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from otpserve.errors import WorkerCrashed
-from otpserve.serving.worker import BufferLayout, _predict, worker_main
+from otpserve.serving.worker import BufferLayout, _timed_predict, worker_main
 
 if TYPE_CHECKING:
     from otpserve.serving.batch_queue import Batch
@@ -36,8 +37,11 @@ _generation = itertools.count()
 class Owner:
     """What a partition reports to (implemented by Serving)."""
 
-    def batch_done(self, part: Partition, batch: Batch, result: np.ndarray | BaseException) -> None:
-        """A batch finished with outputs (a view valid until the partition runs again) or an error."""
+    def batch_done(
+        self, part: Partition, batch: Batch, result: np.ndarray | BaseException, compute: float = 0.0
+    ) -> None:
+        """A batch finished with outputs (a view valid until the partition runs again) or an error;
+        ``compute``: seconds the model itself took on it."""
         raise NotImplementedError
 
     def partition_up(self, part: Partition) -> None:
@@ -97,7 +101,7 @@ class ThreadPartition(Partition):
         assert self.executor is not None
         self.state, self.batch = BUSY, batch
         view = batch.fill(self.inputs)
-        fut = asyncio.get_running_loop().run_in_executor(self.executor, _predict, self.model, view)
+        fut = asyncio.get_running_loop().run_in_executor(self.executor, _timed_predict, self.model, view)
         fut.add_done_callback(lambda f: self._finished(batch, f))
 
     def _finished(self, batch: Batch, fut: asyncio.Future) -> None:
@@ -111,13 +115,13 @@ class ThreadPartition(Partition):
         if exc is not None:
             self.owner.batch_done(self, batch, exc)
             return
-        y = np.asarray(fut.result())
+        y, compute = fut.result()
         expected = (batch.rows, *self.layout.output_shape)
         if y.shape != expected:
             err = ValueError(f"model returned shape {y.shape} for a batch of {batch.rows}; expected {expected}")
             self.owner.batch_done(self, batch, err)
             return
-        self.owner.batch_done(self, batch, y)
+        self.owner.batch_done(self, batch, y, compute)
 
 
 class ProcessPartition(Partition):
@@ -208,7 +212,8 @@ class ProcessPartition(Partition):
                 return
             if kind == b"O":
                 assert self.outputs is not None
-                self.owner.batch_done(self, batch, self.outputs[: batch.rows])
+                compute = struct.unpack_from("<d", msg, 1)[0] if len(msg) >= 9 else 0.0
+                self.owner.batch_done(self, batch, self.outputs[: batch.rows], compute)
             else:
                 self.owner.batch_done(self, batch, RuntimeError(msg[1:].decode("utf-8", "replace")))
         else:

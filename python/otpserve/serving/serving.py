@@ -49,6 +49,9 @@ class ServingMetrics:
         self.queue_time = r.add(
             Histogram("otpserve_queue_duration_seconds", "Time from submit to a batch.", LATENCY_BUCKETS)
         )
+        self.compute = r.add(
+            Histogram("otpserve_batch_compute_seconds", "Time the model took on a batch.", LATENCY_BUCKETS)
+        )
         self.batch_size = r.add(Histogram("otpserve_batch_size", "Rows per executed batch.", BATCH_BUCKETS))
         self.batches = r.add(Counter("otpserve_batches_total", "Batches executed (inference executions)."))
         self.rows = r.add(Counter("otpserve_inference_rows_total", "Rows inferred (inference count)."))
@@ -81,7 +84,8 @@ class Serving(Owner):
         self._free: list[Partition] = []
         self._retry: deque[Batch] = deque()
         self._due = False
-        self._slowest = 0.0  # longest submit-to-answer time since the last `take_slowest`
+        self._behind = 0.0  # longest wait beyond model compute since the last `take_behind`
+        self._compute = 0.0  # seconds the model takes on a batch (moving average)
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._supervisor: Supervisor | None = None
@@ -251,14 +255,16 @@ class Serving(Owner):
             self._dispatch()
         return req
 
-    def take_slowest(self) -> float:
-        """Seconds the slowest request took from submit to answer since the last call, or the age of the
-        oldest one still waiting if that is longer: how far behind the serving runs, for a load shedder."""
-        slowest, self._slowest = self._slowest, 0.0
+    def take_behind(self) -> float:
+        """Seconds the longest-waiting request waited beyond the model's own pace since the last call: for
+        an answered one, its submit-to-answer time less two batches' compute (its own and the one it may
+        have queued behind); for one still queued, its age less one. A load shedder's view of how far the
+        workers run behind; a slow model at ease reads ~0, whatever its batch time."""
+        behind, self._behind = self._behind, 0.0
         head = self.queue.head() if self.queue.rows else None
         if head is not None:
-            slowest = max(slowest, perf_counter() - head.enqueued_at)
-        return slowest
+            behind = max(behind, perf_counter() - head.enqueued_at - self._compute)
+        return behind
 
     def cancel(self, req: Request) -> None:
         """The caller went away: drop its queued rows (no compute is spent on them)."""
@@ -385,10 +391,14 @@ class Serving(Owner):
 
     # ---- what partitions report ------------------------------------------------------------------------
 
-    def batch_done(self, part: Partition, batch: Batch, result: np.ndarray | BaseException) -> None:
+    def batch_done(
+        self, part: Partition, batch: Batch, result: np.ndarray | BaseException, compute: float = 0.0
+    ) -> None:
         """Scatter a batch's outputs (or its error) to its callers, then hand out more work."""
         m = self.metrics
         now = perf_counter()
+        self._compute = compute if self._compute == 0.0 else self._compute + 0.2 * (compute - self._compute)
+        allowance = 2 * max(compute, self._compute)
         if isinstance(result, BaseException):
             for req, _, _ in batch.parts:
                 if req.state != DONE:
@@ -397,6 +407,7 @@ class Serving(Owner):
                     self._resolve(req, result)
         else:
             m.batches.inc()
+            m.compute.observe(compute)
             m.rows.inc(batch.rows)
             m.batch_size.observe(batch.rows)
             outputs = result.astype(self.layout.output_dtype)  # a copy: the buffer is reused
@@ -414,8 +425,8 @@ class Serving(Owner):
                         m.requests.inc(labels=(("outcome", "success"),))
                         took = now - req.enqueued_at
                         m.latency.observe(took)
-                        if took > self._slowest:
-                            self._slowest = took
+                        if took - allowance > self._behind:
+                            self._behind = took - allowance
                         self._resolve(req)
                 row += count
         self._deadlines.trim()

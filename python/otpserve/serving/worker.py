@@ -4,7 +4,8 @@ The server process writes a batch's rows into the shared buffer and sends the ro
 worker runs the model on that view in place (zero-copy into the kernel), writes the outputs after the
 inputs in the same buffer and answers with one short message. Nothing but a few bytes is pickled per batch.
 
-Messages, worker -> server: ``R`` ready; ``O`` batch done; ``E<text>`` the model raised (the worker lives on).
+Messages, worker -> server: ``R`` ready; ``O<float64>`` batch done, with the seconds the model took;
+``E<text>`` the model raised (the worker lives on).
 Messages, server -> worker: the row count as 4 little-endian bytes. EOF on the pipe means the other side died.
 """
 
@@ -12,10 +13,12 @@ from __future__ import annotations
 
 import mmap
 import os
+import struct
 import traceback
 from dataclasses import dataclass
 from multiprocessing import reduction
 from multiprocessing.connection import Connection
+from time import perf_counter
 from typing import Any
 
 import numpy as np
@@ -72,6 +75,13 @@ def _predict(model: Any, batch: np.ndarray) -> np.ndarray:
     return predict(batch) if predict is not None else model(batch)
 
 
+def _timed_predict(model: Any, batch: np.ndarray) -> tuple[np.ndarray, float]:
+    """The model's outputs on ``batch`` and the seconds it took."""
+    started = perf_counter()
+    y = np.asarray(_predict(model, batch))
+    return y, perf_counter() - started
+
+
 def worker_main(model: Any, conn: Connection, layout: BufferLayout, threads: int) -> None:
     """Serve batches until the pipe closes; any exception from the model is reported, not fatal."""
     try:
@@ -90,7 +100,7 @@ def worker_main(model: Any, conn: Connection, layout: BufferLayout, threads: int
             return  # the server is gone or closed the pipe: stop quietly
         n = int.from_bytes(msg[:4], "little")
         try:
-            y = np.asarray(_predict(model, inputs[:n]))
+            y, took = _timed_predict(model, inputs[:n])
             if y.shape != (n, *layout.output_shape):
                 raise ValueError(
                     f"model returned shape {y.shape} for a batch of {n}; expected {(n, *layout.output_shape)}"
@@ -100,4 +110,4 @@ def worker_main(model: Any, conn: Connection, layout: BufferLayout, threads: int
             detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
             conn.send_bytes(b"E" + detail.encode("utf-8", "replace"))
             continue
-        conn.send_bytes(b"O")
+        conn.send_bytes(b"O" + struct.pack("<d", took))  # with the model's compute time, for load shedding
