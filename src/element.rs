@@ -46,14 +46,16 @@ pub trait Float:
     #[cfg(target_arch = "x86_64")]
     unsafe fn dense_simd(p: &DenseProblem<'_, Self>, cols: Range<usize>, out: *mut Self) -> bool;
 
-    /// The x86-64 packed SIMD kernel (`packed_x86`) for this type, over output columns `cols`;
-    /// false (and nothing written) on a CPU without AVX-512F or AVX2+FMA.
+    /// The x86-64 packed SIMD kernel (`packed_x86`) for this type, over output columns `cols`, with
+    /// `xp` = `p.x` laid out by `packed_x86::pack_x` for `packed_tile_rows()`; false (and nothing
+    /// written) on a CPU without AVX-512F or AVX2+FMA.
     ///
     /// # Safety
     /// As `dense_simd`.
     #[cfg(target_arch = "x86_64")]
     unsafe fn dense_packed_simd(
         p: &DenseProblem<'_, Self>,
+        xp: &[Self],
         cols: Range<usize>,
         out: *mut Self,
     ) -> bool;
@@ -94,6 +96,7 @@ impl Float for f32 {
     #[cfg(target_arch = "x86_64")]
     unsafe fn dense_packed_simd(
         p: &DenseProblem<'_, Self>,
+        xp: &[Self],
         cols: Range<usize>,
         out: *mut Self,
     ) -> bool {
@@ -102,8 +105,8 @@ impl Float for f32 {
         use crate::packed_x86::{dense_packed_avx2, dense_packed_avx512};
         // SAFETY: as in `dense_simd`.
         match x86_isa() {
-            Some(Isa::Avx512) => unsafe { dense_packed_avx512::<__m512>(p, cols, out) },
-            Some(Isa::Avx2) => unsafe { dense_packed_avx2::<__m256>(p, cols, out) },
+            Some(Isa::Avx512) => unsafe { dense_packed_avx512::<__m512>(p, xp, cols, out) },
+            Some(Isa::Avx2) => unsafe { dense_packed_avx2::<__m256>(p, xp, cols, out) },
             None => return false,
         }
         true
@@ -145,6 +148,7 @@ impl Float for f64 {
     #[cfg(target_arch = "x86_64")]
     unsafe fn dense_packed_simd(
         p: &DenseProblem<'_, Self>,
+        xp: &[Self],
         cols: Range<usize>,
         out: *mut Self,
     ) -> bool {
@@ -153,8 +157,8 @@ impl Float for f64 {
         use crate::packed_x86::{dense_packed_avx2, dense_packed_avx512};
         // SAFETY: as in `dense_simd`.
         match x86_isa() {
-            Some(Isa::Avx512) => unsafe { dense_packed_avx512::<__m512d>(p, cols, out) },
-            Some(Isa::Avx2) => unsafe { dense_packed_avx2::<__m256d>(p, cols, out) },
+            Some(Isa::Avx512) => unsafe { dense_packed_avx512::<__m512d>(p, xp, cols, out) },
+            Some(Isa::Avx2) => unsafe { dense_packed_avx2::<__m256d>(p, xp, cols, out) },
             None => return false,
         }
         true
@@ -177,6 +181,17 @@ pub fn relu<T: Float>(v: T) -> T {
 enum Isa {
     Avx512,
     Avx2,
+}
+
+/// Rows per tile of the packed kernel `dense_packed_simd` runs on this CPU: the row blocks
+/// `packed_x86::pack_x` must lay `x` out in (4 where there is no packed kernel: unused).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn packed_tile_rows() -> usize {
+    use crate::packed_x86::{AVX2_ROWS, AVX512_ROWS};
+    match x86_isa() {
+        Some(Isa::Avx512) => AVX512_ROWS,
+        _ => AVX2_ROWS,
+    }
 }
 
 /// The best of them this CPU has (`is_x86_feature_detected!` caches the CPUID answer).

@@ -151,30 +151,56 @@ fn packed<T: Float>(p: &DenseProblem<'_, T>, out: &mut [T]) {
             .div_ceil(32)
             .clamp(1, PACKED_MAX_BAND / 32)
             * 32;
-    let shared = SharedOut(out.as_mut_ptr());
-    let run = |start: usize| {
-        // SAFETY: lengths asserted by `dense_into`; bands write disjoint columns of `out`, which is
-        // borrowed exclusively until all are done.
-        #[cfg(target_arch = "x86_64")]
-        unsafe {
-            T::dense_packed_simd(p, start..(start + band).min(p.n), shared.ptr());
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("packed path without SIMD kernels ({band} of {})", out.len());
+    #[cfg(target_arch = "x86_64")]
+    with_packed_x(p, bands > 1, |xp| {
+        let shared = SharedOut(out.as_mut_ptr());
+        let run = |start: usize| {
+            // SAFETY: lengths asserted by `dense_into`; bands write disjoint columns of `out`,
+            // which is borrowed exclusively until all are done.
+            unsafe { T::dense_packed_simd(p, xp, start..(start + band).min(p.n), shared.ptr()) };
+        };
+        if bands == 1 {
+            (0..p.n).step_by(band).for_each(run);
+            return;
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        unreachable!(
-            "packed path without SIMD kernels ({start}, {:p})",
-            shared.ptr()
-        );
-    };
-    if bands == 1 {
-        (0..p.n).step_by(band).for_each(run);
-        return;
-    }
-    threads::pool().install(|| {
-        use rayon::prelude::*;
-        (0..p.n.div_ceil(band))
-            .into_par_iter()
-            .for_each(|i| run(i * band));
-    });
+        threads::pool().install(|| {
+            use rayon::prelude::*;
+            (0..p.n.div_ceil(band))
+                .into_par_iter()
+                .for_each(|i| run(i * band));
+        });
+    })
+}
+
+/// Runs `f` on `p.x` in the packed kernel's layout (`packed_x86::pack_x`), laid out once for every
+/// band in the thread's scratch buffer: a copy of m * k elements against the 2 * m * k * n flops
+/// that read it; over the pool when `parallel`, in chunks of whole tiles, each of which lays out its
+/// rows exactly as one call over all would.
+#[cfg(target_arch = "x86_64")]
+fn with_packed_x<T: Float, R>(
+    p: &DenseProblem<'_, T>,
+    parallel: bool,
+    f: impl FnOnce(&[T]) -> R,
+) -> R {
+    use crate::packed_x86::{self, X_SCRATCH};
+    let mr = crate::element::packed_tile_rows();
+    packed_x86::with_scratch(&X_SCRATCH, p.m * p.k, |xp: &mut [T]| {
+        if !parallel || p.k == 0 {
+            packed_x86::pack_x(p.x, p.m, p.k, mr, xp);
+        } else {
+            let threads = threads::num_threads();
+            let rows = p.m.div_ceil(threads * BANDS_PER_THREAD).div_ceil(mr) * mr;
+            threads::pool().install(|| {
+                use rayon::prelude::*;
+                xp.par_chunks_mut(rows * p.k)
+                    .zip(p.x.par_chunks(rows * p.k))
+                    .for_each(|(o, x)| packed_x86::pack_x(x, x.len() / p.k, p.k, mr, o));
+            });
+        }
+        f(xp)
+    })
 }
 
 /// `out = a @ b` through the GEMM library, on the kernel's pool when the product is large enough.

@@ -7,6 +7,7 @@
 //! streams one contiguous panel, and the whole block stays in L2 while every row block of `x` passes
 //! over it. A row block of `x` is packed too (a small copy, reused by every panel).
 
+use core::cell::RefCell;
 use core::ops::Range;
 
 use crate::element::Float;
@@ -20,75 +21,260 @@ use crate::small_batch_x86::{tile, Epilogue, Tile, Vector};
 /// output tiles (one per block).
 const DEPTH_BLOCK_BYTES: usize = 2048;
 
-/// Columns `cols` of `out = act(x @ w + bias)` with AVX-512 vectors `V`, in tiles of 14 rows by two
-/// vectors: 28 accumulators of the 32 registers (two hold the panel's row, one the broadcast). Each
-/// panel row loaded from L2 then feeds 28 FMAs instead of 16: 8 rows measured 4-11% slower at
-/// n = 1024-2048 (paired runs, 1 and 2 threads); LLVM still keeps all 28 in registers.
+/// Rows of `x` per register tile of the AVX-512 kernel: 14 rows by two vectors are 28 accumulators
+/// of the 32 registers (two hold the panel's row, one the broadcast). Each panel row loaded from L2
+/// then feeds 28 FMAs instead of 16: 8 rows measured 4-11% slower at n = 1024-2048 (paired runs, 1
+/// and 2 threads); LLVM still keeps all 28 in registers.
+pub const AVX512_ROWS: usize = 14;
+/// Rows per tile of the AVX2 kernel: 4 rows by two vectors, 8 of the 16 registers.
+pub const AVX2_ROWS: usize = 4;
+
+thread_local! {
+    /// This thread's packed `x` (see `matmul`), kept from call to call.
+    pub static X_SCRATCH: RefCell<Scratch> = const { RefCell::new(Scratch::EMPTY) };
+    /// This thread's packed block of `w`, kept from call to call.
+    static W_SCRATCH: RefCell<Scratch> = const { RefCell::new(Scratch::EMPTY) };
+}
+
+/// Scratch buffers up to this size are kept for the thread's next call; larger ones are freed.
+const SCRATCH_KEEP_BYTES: usize = 64 << 20;
+/// Alignment of scratch buffers: a transparent huge page's, so that the kernel can back them with
+/// 2 MiB pages.
+const HUGE_PAGE: usize = 2 << 20;
+
+/// A grow-only buffer of bytes, aligned to a huge page.
+pub struct Scratch {
+    ptr: *mut u8,
+    bytes: usize,
+}
+
+impl Scratch {
+    const EMPTY: Scratch = Scratch {
+        ptr: core::ptr::null_mut(),
+        bytes: 0,
+    };
+
+    fn layout(bytes: usize) -> std::alloc::Layout {
+        std::alloc::Layout::from_size_align(bytes, HUGE_PAGE).expect("scratch size overflows")
+    }
+
+    /// At least `bytes` bytes, reallocated (contents lost) if the buffer is smaller.
+    fn reserve(&mut self, bytes: usize) -> *mut u8 {
+        if self.bytes < bytes {
+            self.free();
+            let size = bytes.div_ceil(HUGE_PAGE) * HUGE_PAGE;
+            // SAFETY: the layout has a non-zero size (bytes > self.bytes >= 0).
+            let ptr = unsafe { std::alloc::alloc_zeroed(Self::layout(size)) };
+            if ptr.is_null() {
+                std::alloc::handle_alloc_error(Self::layout(size));
+            }
+            // Only advice: where THP is off the buffer keeps 4 KiB pages.
+            // SAFETY: the range is the allocation just made.
+            unsafe { libc::madvise(ptr.cast(), size, libc::MADV_HUGEPAGE) };
+            self.ptr = ptr;
+            self.bytes = size;
+        }
+        self.ptr
+    }
+
+    fn free(&mut self) {
+        if !self.ptr.is_null() {
+            // SAFETY: allocated by `reserve` with this size and alignment.
+            unsafe { std::alloc::dealloc(self.ptr, Self::layout(self.bytes)) };
+        }
+        // Field by field: assigning a whole `Scratch` would drop the old one, i.e. free it again.
+        self.ptr = core::ptr::null_mut();
+        self.bytes = 0;
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        self.free();
+    }
+}
+
+/// Runs `f` on `len` elements of the thread's scratch buffer `slot`, which keeps its pages from
+/// call to call: a fresh multi-megabyte buffer costs a page fault per 4 KiB on first touch (2.5 us
+/// each on this VM: 10 ms for the 16 MB of a packed 2048 x 2048 `x`, against 110 ms of compute).
+/// The elements hold whatever the last call left; callers overwrite what they read.
+pub fn with_scratch<E: Float, R>(
+    slot: &'static std::thread::LocalKey<RefCell<Scratch>>,
+    len: usize,
+    f: impl FnOnce(&mut [E]) -> R,
+) -> R {
+    let bytes = (len * core::mem::size_of::<E>()).max(1);
+    let run = |buf: &mut Scratch| {
+        let ptr = buf.reserve(bytes);
+        // SAFETY: the buffer holds at least `len` elements' bytes, is aligned for f32 and f64, was
+        // zeroed when allocated, and every bit pattern is a valid f32 or f64; `buf` is borrowed
+        // exclusively while `f` runs.
+        let elems = unsafe { core::slice::from_raw_parts_mut(ptr.cast::<E>(), len) };
+        f(elems)
+    };
+    slot.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            let out = run(&mut buf);
+            if bytes > SCRATCH_KEEP_BYTES {
+                buf.free();
+            }
+            out
+        }
+        // Only if `f` itself asked for the same slot again: a buffer of its own.
+        Err(_) => {
+            let mut own = Scratch::EMPTY;
+            run(&mut own)
+        }
+    })
+}
+
+/// Inner-dimension steps `pack_x` copies at once: a 64-byte line of f32.
+const PACK_STEP: usize = 16;
+
+/// The row blocks both `pack_x` and the kernel walk: `mr` rows at a time while that many are left,
+/// then 4, then 1. Yields (first row, rows).
+fn row_blocks(m: usize, mr: usize) -> impl Iterator<Item = (usize, usize)> {
+    let full = m / mr * mr;
+    let fours = full + (m - full) / 4 * 4;
+    (0..full)
+        .step_by(mr.max(1))
+        .map(move |r| (r, mr))
+        .chain((full..fours).step_by(4).map(|r| (r, 4)))
+        .chain((fours..m).map(|r| (r, 1)))
+}
+
+/// Copies `x` (m, k) into `out` (m * k elements) in the layout the packed kernel reads: each row
+/// block of R rows (see `row_blocks`) takes R * k elements from offset `r0 * k`, inner index first,
+/// `out[r0 * k + kk * R + r] = x[(r0 + r) * k + kk]`. The tile's broadcasts then read one pointer at
+/// fixed offsets: read in place, the R rows lie `k` apart, so the loop spent an integer add per row
+/// on their addresses (60 instructions per 28 FMAs), and at k = 2048 all 14 rows fell in one set of
+/// the 12-way L1.
+pub fn pack_x<E: Float>(x: &[E], m: usize, k: usize, mr: usize, out: &mut [E]) {
+    assert_eq!(x.len(), m * k, "x length");
+    assert_eq!(out.len(), m * k, "packed x length");
+    for (r0, rows) in row_blocks(m, mr) {
+        let src = &x[r0 * k..(r0 + rows) * k];
+        let block = &mut out[r0 * k..(r0 + rows) * k];
+        // A cache line of each row at a time, so that what is read and written stays in L1 (read
+        // whole rows at a time, k apart, the rows' lines fall into one L1 set at k = 2048).
+        for k0 in (0..k).step_by(PACK_STEP) {
+            let steps = (k - k0).min(PACK_STEP);
+            let dst = &mut block[k0 * rows..(k0 + steps) * rows];
+            for r in 0..rows {
+                let line = &src[r * k + k0..r * k + k0 + steps];
+                for (kk, &v) in line.iter().enumerate() {
+                    dst[kk * rows + r] = v;
+                }
+            }
+        }
+    }
+}
+
+/// Columns `cols` of `out = act(x @ w + bias)` with AVX-512 vectors `V`, in tiles of `AVX512_ROWS`
+/// rows by two vectors; `xp` is `p.x` laid out by `pack_x` with `AVX512_ROWS`.
 ///
 /// # Safety
-/// The CPU must support AVX-512F; `p` must have the lengths `DenseProblem::check` asserts, `out` must
-/// point to (m, n) elements, and `cols` must lie within `0..n`.
-#[target_feature(enable = "avx512f")]
+/// The CPU must support AVX-512F; `p` must have the lengths `DenseProblem::check` asserts, `xp` that
+/// of `p.x`, `out` must point to (m, n) elements, and `cols` must lie within `0..n`.
 pub unsafe fn dense_packed_avx512<V: Vector>(
     p: &DenseProblem<'_, V::Elem>,
+    xp: &[V::Elem],
     cols: Range<usize>,
     out: *mut V::Elem,
 ) {
-    packed::<V, 14>(p, cols, out)
+    // The scratch closure calls the kernel rather than inlining it: a closure is compiled without
+    // the kernel's target features, and the intrinsics inlined there would become calls.
+    with_scratch(&W_SCRATCH, panels_len::<V>(p, &cols), |panels| {
+        // SAFETY: as this function's.
+        unsafe { packed_avx512::<V>(p, xp, cols.clone(), out, panels) }
+    })
 }
 
-/// As `dense_packed_avx512`, with AVX2+FMA vectors: 4 rows by two vectors, 8 of the 16 registers
-/// (the small-batch kernel's shape for AVX2).
+#[target_feature(enable = "avx512f")]
+unsafe fn packed_avx512<V: Vector>(
+    p: &DenseProblem<'_, V::Elem>,
+    xp: &[V::Elem],
+    cols: Range<usize>,
+    out: *mut V::Elem,
+    panels: &mut [V::Elem],
+) {
+    packed::<V, AVX512_ROWS>(p, xp, cols, out, panels)
+}
+
+/// As `dense_packed_avx512`, with AVX2+FMA vectors and `AVX2_ROWS` rows per tile.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA; otherwise as `dense_packed_avx512`.
-#[target_feature(enable = "avx2,fma")]
 pub unsafe fn dense_packed_avx2<V: Vector>(
     p: &DenseProblem<'_, V::Elem>,
+    xp: &[V::Elem],
     cols: Range<usize>,
     out: *mut V::Elem,
 ) {
-    packed::<V, 4>(p, cols, out)
+    with_scratch(&W_SCRATCH, panels_len::<V>(p, &cols), |panels| {
+        // SAFETY: as this function's.
+        unsafe { packed_avx2::<V>(p, xp, cols.clone(), out, panels) }
+    })
 }
 
+#[target_feature(enable = "avx2,fma")]
+unsafe fn packed_avx2<V: Vector>(
+    p: &DenseProblem<'_, V::Elem>,
+    xp: &[V::Elem],
+    cols: Range<usize>,
+    out: *mut V::Elem,
+    panels: &mut [V::Elem],
+) {
+    packed::<V, AVX2_ROWS>(p, xp, cols, out, panels)
+}
+
+/// Elements of one packed block of `w` for columns `cols`: whole panels two vectors wide, one
+/// depth block deep.
+fn panels_len<V: Vector>(p: &DenseProblem<'_, V::Elem>, cols: &Range<usize>) -> usize {
+    let width = 2 * V::LANES;
+    let depth_block = DEPTH_BLOCK_BYTES / core::mem::size_of::<V::Elem>();
+    cols.len().div_ceil(width) * width * p.k.min(depth_block)
+}
+
+/// Every depth block of `w`'s columns `cols`: packed into `panels`, then passed over by every row
+/// block of `xp`.
 #[inline(always)]
 unsafe fn packed<V: Vector, const MR: usize>(
     p: &DenseProblem<'_, V::Elem>,
+    xp: &[V::Elem],
     cols: Range<usize>,
     out: *mut V::Elem,
+    panels: &mut [V::Elem],
 ) {
     if cols.is_empty() || p.m == 0 {
         return;
     }
+    debug_assert_eq!(xp.len(), p.m * p.k);
     let width = 2 * V::LANES;
     let depth_block = DEPTH_BLOCK_BYTES / core::mem::size_of::<V::Elem>();
-    let mut panels: Vec<V::Elem> =
-        Vec::with_capacity(cols.len().div_ceil(width) * width * p.k.min(depth_block));
     let mut k0 = 0;
     // At least one pass, so that k = 0 still writes the bias.
     loop {
         let depth = (p.k - k0).min(depth_block);
-        pack(p, k0..k0 + depth, cols.clone(), width, &mut panels);
+        let used = cols.len().div_ceil(width) * width * depth;
+        pack(p, k0..k0 + depth, cols.clone(), width, &mut panels[..used]);
         let block = Block {
             p,
+            xp,
             k0,
             depth,
             cols: cols.clone(),
-            panels: &panels,
+            panels,
             out,
         };
-        let mut r = 0;
-        while r + MR <= p.m {
-            block.rows::<V, MR>(r);
-            r += MR;
-        }
-        while r + 4 <= p.m {
-            block.rows::<V, 4>(r);
-            r += 4;
-        }
-        while r < p.m {
-            block.rows::<V, 1>(r);
-            r += 1;
+        for (r0, rows) in row_blocks(p.m, MR) {
+            if rows == MR {
+                block.rows::<V, MR>(r0);
+            } else if rows == 4 {
+                block.rows::<V, 4>(r0);
+            } else {
+                block.rows::<V, 1>(r0);
+            }
         }
         k0 += depth;
         if k0 >= p.k {
@@ -104,15 +290,16 @@ fn pack<E: Float>(
     depth: Range<usize>,
     cols: Range<usize>,
     width: usize,
-    panels: &mut Vec<E>,
+    panels: &mut [E],
 ) {
-    panels.clear();
+    let mut rows = panels.chunks_exact_mut(width);
     for j in cols.clone().step_by(width) {
         let used = (cols.end - j).min(width);
         for kk in depth.clone() {
             let row = kk * p.n + j;
-            panels.extend_from_slice(&p.w[row..row + used]);
-            panels.extend(core::iter::repeat_n(E::ZERO, width - used));
+            let dst = rows.next().expect("panels hold every row of every panel");
+            dst[..used].copy_from_slice(&p.w[row..row + used]);
+            dst[used..].fill(E::ZERO);
         }
     }
 }
@@ -120,6 +307,7 @@ fn pack<E: Float>(
 /// One packed block of the inner dimension, ready for the row blocks of `x` to pass over it.
 struct Block<'a, 'p, E> {
     p: &'a DenseProblem<'p, E>,
+    xp: &'a [E],
     k0: usize,
     depth: usize,
     cols: Range<usize>,
@@ -128,8 +316,9 @@ struct Block<'a, 'p, E> {
 }
 
 impl<E: Float> Block<'_, '_, E> {
-    /// Rows `r0..r0 + R`, every panel. `x` is read in place: the rows' slice of it is reused by every
-    /// panel, from L1. (Packing it too was measured slower: LLVM then kept the accumulators in memory.)
+    /// Rows `r0..r0 + R`, every panel: the rows' packed slice of `x` (R * depth elements) is reused
+    /// by every panel. (Panels outermost over groups of 4-12 row blocks, so that a panel stays in
+    /// L1, measured no faster.)
     #[inline(always)]
     unsafe fn rows<V: Vector<Elem = E>, const R: usize>(&self, r0: usize) {
         let (p, width) = (self.p, 2 * V::LANES);
@@ -137,8 +326,8 @@ impl<E: Float> Block<'_, '_, E> {
         for (i, j) in self.cols.clone().step_by(width).enumerate() {
             let used = (self.cols.end - j).min(width);
             let t = Tile {
-                x: p.x.as_ptr().add(r0 * p.k + self.k0),
-                x_stride: p.k,
+                x: self.xp.as_ptr().add(r0 * p.k + self.k0 * R),
+                x_stride: R,
                 w: self.panels.as_ptr().add(i * width * self.depth),
                 w_stride: width,
                 depth: self.depth,
@@ -174,6 +363,8 @@ mod tests {
         let avx512 = is_x86_feature_detected!("avx512f");
         for &(m, k, n) in &[
             (13, 7, 45),
+            (14, 9, 40),
+            (33, 20, 64),
             (8, 300, 33),
             (21, 600, 70),
             (5, 0, 17),
@@ -207,6 +398,12 @@ mod tests {
                     relu,
                 };
                 let want = p.reference();
+                let packed_x = |rows: usize| {
+                    let mut xp = vec![f64::NAN; m * k];
+                    pack_x(&x, m, k, rows, &mut xp);
+                    let xp32: Vec<f32> = xp.iter().map(|&v| v as f32).collect();
+                    (xp, xp32)
+                };
                 // Two calls covering the columns between them, as two bands of `matmul` do.
                 let split = (n / 2).min(32);
                 let mut runs: Vec<(&str, Vec<f64>)> = Vec::new();
@@ -215,11 +412,14 @@ mod tests {
                 // SAFETY (all): each kernel runs only where its features were detected; the
                 // slices are (m, k), (k, n) and (m, n).
                 if avx2 {
+                    let (xp, xp32) = packed_x(AVX2_ROWS);
                     for cols in [0..split, split..n] {
                         unsafe {
-                            dense_packed_avx2::<__m256d>(&p, cols.clone(), out64.as_mut_ptr())
+                            dense_packed_avx2::<__m256d>(&p, &xp, cols.clone(), out64.as_mut_ptr())
                         };
-                        unsafe { dense_packed_avx2::<__m256>(&p32, cols, out32.as_mut_ptr()) };
+                        unsafe {
+                            dense_packed_avx2::<__m256>(&p32, &xp32, cols, out32.as_mut_ptr())
+                        };
                     }
                     runs.push(("avx2 f64", out64.clone()));
                     runs.push(("avx2 f32", out32.iter().map(|&v| v as f64).collect()));
@@ -227,11 +427,19 @@ mod tests {
                 if avx512 {
                     out64.fill(f64::NAN);
                     out32.fill(f32::NAN);
+                    let (xp, xp32) = packed_x(AVX512_ROWS);
                     for cols in [0..split, split..n] {
                         unsafe {
-                            dense_packed_avx512::<__m512d>(&p, cols.clone(), out64.as_mut_ptr())
+                            dense_packed_avx512::<__m512d>(
+                                &p,
+                                &xp,
+                                cols.clone(),
+                                out64.as_mut_ptr(),
+                            )
                         };
-                        unsafe { dense_packed_avx512::<__m512>(&p32, cols, out32.as_mut_ptr()) };
+                        unsafe {
+                            dense_packed_avx512::<__m512>(&p32, &xp32, cols, out32.as_mut_ptr())
+                        };
                     }
                     runs.push(("avx512 f64", out64.clone()));
                     runs.push(("avx512 f32", out32.iter().map(|&v| v as f64).collect()));

@@ -350,7 +350,8 @@ unsafe fn unpacked_tile<E: Float>(
 /// register kernel serves operands read in place (`w` with row stride n) and packed (`packed_x86`).
 #[derive(Clone, Copy)]
 pub(crate) struct Tile<E> {
-    /// Row r of the tile's `x` starts at `x + r * x_stride`; `depth` elements of it are used.
+    /// Row r of the tile's `x` starts at `x + r * x_stride`; `depth` elements of it are used. For a
+    /// `PACKED` tile, `x_stride` is R and step kk's values start at `x + kk * R`.
     pub x: *const E,
     pub x_stride: usize,
     /// Row kk of the tile's `w` starts at `w + kk * w_stride`.
@@ -374,7 +375,8 @@ pub(crate) struct Epilogue<E> {
 
 /// One tile: columns `0..(NV - 1) * LANES + last` of `t`; `last` is how many lanes of the last
 /// vector are real columns (LANES except for the masked tail). `PACKED`: `w` is a contiguous panel
-/// padded with zeros to whole vectors, which the hardware prefetcher follows without help.
+/// padded with zeros to whole vectors, which the hardware prefetcher follows without help, and `x`
+/// is packed inner index first (`packed_x86::pack_x`): step kk's R values at `x + kk * R`.
 #[inline(always)]
 pub(crate) unsafe fn tile<V: Vector, const R: usize, const NV: usize, const PACKED: bool>(
     t: &Tile<V::Elem>,
@@ -384,6 +386,7 @@ pub(crate) unsafe fn tile<V: Vector, const R: usize, const NV: usize, const PACK
     let count = |v: usize| if v + 1 == NV { last } else { lanes };
     let mut acc = [[V::zero(); NV]; R];
     let mut w = t.w;
+    let mut x = t.x;
     for kk in 0..t.depth {
         let mut wv = [V::zero(); NV];
         for (v, slot) in wv.iter_mut().enumerate() {
@@ -392,7 +395,13 @@ pub(crate) unsafe fn tile<V: Vector, const R: usize, const NV: usize, const PACK
             *slot = V::load(w.add(v * lanes), if PACKED { lanes } else { count(v) });
         }
         for (r, acc_row) in acc.iter_mut().enumerate() {
-            let xv = V::splat(*t.x.add(r * t.x_stride + kk));
+            // Packed, the R values of this step lie side by side (`x_stride` is R): one pointer,
+            // fixed offsets, no address arithmetic per row.
+            let xv = if PACKED {
+                V::splat(*x.add(r))
+            } else {
+                V::splat(*x.add(r * t.x_stride + kk))
+            };
             for (a, &b) in acc_row.iter_mut().zip(&wv) {
                 *a = V::fmadd(xv, b, *a);
             }
@@ -405,6 +414,9 @@ pub(crate) unsafe fn tile<V: Vector, const R: usize, const NV: usize, const PACK
             }
         }
         w = w.add(t.w_stride);
+        if PACKED {
+            x = x.add(R);
+        }
     }
     for (r, acc_row) in acc.iter().enumerate() {
         for (v, &a) in acc_row.iter().enumerate() {
