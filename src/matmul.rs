@@ -3,7 +3,7 @@
 //!   `small_batch`, unpacked; for a few microseconds of work its columns are split with the partner
 //!   thread (`threads::join_pair`), for more over row blocks of the kernel's rayon pool;
 //! * larger ones, on a CPU with AVX2+FMA or AVX-512: the same register kernel on `w` packed into
-//!   panels (`packed_x86`), in column bands over the pool;
+//!   panels and `x` into tiles (`packed_x86`), in column bands over the pool;
 //! * elsewhere: matrixmultiply's packed, runtime-dispatched GEMM, in row bands over the pool.
 //!
 //! Our packed kernel rather than a GEMM crate: on this project's machine (2 vCPUs of an AVX-512 Xeon)

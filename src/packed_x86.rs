@@ -354,6 +354,42 @@ mod tests {
     use core::arch::x86_64::{__m256, __m256d, __m512, __m512d};
     use std::arch::is_x86_feature_detected;
 
+    #[test]
+    fn pack_x_lays_each_row_block_out_inner_index_first() {
+        // 14 + 4 + 1 + 1 rows: every kind of row block.
+        let (m, k) = (20, 3);
+        let x: Vec<f64> = (0..m * k).map(|i| i as f64).collect();
+        let mut xp = vec![f64::NAN; m * k];
+        pack_x(&x, m, k, 14, &mut xp);
+        let blocks: Vec<(usize, usize)> = row_blocks(m, 14).collect();
+        assert_eq!(blocks, vec![(0, 14), (14, 4), (18, 1), (19, 1)]);
+        for (r0, rows) in blocks {
+            for r in 0..rows {
+                for kk in 0..k {
+                    assert_eq!(xp[r0 * k + kk * rows + r], x[(r0 + r) * k + kk]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn scratch_is_kept_between_calls_and_a_nested_call_gets_its_own() {
+        let first = with_scratch(&W_SCRATCH, 1000, |a: &mut [f32]| {
+            a.fill(1.0);
+            // The same slot again from inside: a separate buffer, not an alias of `a`.
+            with_scratch(&W_SCRATCH, 10, |b: &mut [f32]| b.fill(2.0));
+            assert!(a.iter().all(|&v| v == 1.0));
+            a.as_ptr() as usize
+        });
+        let again = with_scratch(&W_SCRATCH, 500, |a: &mut [f32]| a.as_ptr() as usize);
+        assert_eq!(first, again);
+        assert_eq!(first % HUGE_PAGE, 0);
+        // Over the limit: used, then freed rather than kept.
+        let big = SCRATCH_KEEP_BYTES / 4 + 1;
+        with_scratch(&W_SCRATCH, big, |a: &mut [f32]| a[big - 1] = 3.0);
+        W_SCRATCH.with(|cell| assert_eq!(cell.borrow().bytes, 0));
+    }
+
     /// Every ISA this CPU has, both element types, against the f64 triple loop on small integers
     /// (exact in both): row counts around the row-block sizes, ragged panels, inner dimensions over
     /// one packed block (so later blocks add to the output), column ranges that start mid-matrix.

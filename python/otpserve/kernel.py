@@ -58,7 +58,9 @@ def _coerce(value: Any) -> Any:
 def matmul(a: ArrayLike, b: ArrayLike, out: FloatArray | None = None) -> FloatArray:
     """``a @ b`` for 2-D arrays of shape (m, k) and (k, n), on a packed SIMD GEMM over the kernel's threads.
 
-    Raises ``ValueError`` naming both shapes when the inner dimensions differ.
+    Large products pack their operands into per-thread scratch buffers that are kept for the next call
+    (up to 64 MB each, backed by huge pages where the OS allows): a fresh buffer would cost a page fault
+    per 4 KiB. Raises ``ValueError`` naming both shapes when the inner dimensions differ.
     """
     return _kernel.matmul(_coerce(a), _coerce(b), out)
 
