@@ -451,6 +451,73 @@ def test_blocking_the_event_loop_shows_up_as_lag_and_lowers_admission_until_it_r
         assert not server.shedder.shedding  # and it recovers once the loop keeps time again
 
 
+def _stall_loop(server: HttpServer, times: int, seconds: float = 0.03) -> None:
+    """Block the server's loop `times` times in a row, as a host that takes the CPU away would."""
+    stalled = threading.Event()
+
+    def block(left: int) -> None:
+        stalled.set()
+        time.sleep(seconds)
+        if left > 1:
+            server.loop.call_later(0.001, block, left - 1)
+
+    server.loop.call_soon_threadsafe(block, times)
+    stalled.wait(5)
+
+
+def test_a_stall_our_few_connections_cannot_explain_is_not_shed_but_one_they_can_is():
+    with running_server(batch_size=4) as (port, _, server):
+        sockets = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
+        try:
+            deadline = time.monotonic() + 5
+            while len(server.connections) < 4 and time.monotonic() < deadline:
+                time.sleep(0.001)
+            # 4 connections x 50 us: our own requests could make the loop at most 0.2 ms late.
+            server.request_cost = 50e-6
+            _stall_loop(server, 10)
+            time.sleep(0.4)
+            assert not server.shedder.shedding, f"behind {server.shedder.behind}"
+            assert server.shedder.behind <= 4 * 50e-6 + 1e-3  # the stall beyond that was not counted
+            # 4 connections x 20 ms: a backlog that size could be ours, so the same stall caps admission.
+            server.request_cost = 0.020
+            _stall_loop(server, 10)
+            deadline = time.monotonic() + 5
+            while not server.shedder.shedding and time.monotonic() < deadline:
+                time.sleep(0.001)
+            assert server.shedder.shedding, f"behind {server.shedder.behind}"
+        finally:
+            for sock in sockets:
+                sock.close()
+
+
+def test_request_cost_is_measured_from_the_loops_cpu_time_per_inference_request():
+    with running_server(batch_size=8) as (port, _, server):
+        assert server.request_cost is None
+        body = infer_body(X)
+
+        def client(_: int) -> list[int]:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            statuses = []
+            for _ in range(100):
+                conn.request("POST", "/v2/models/tiny/infer", body, {"Content-Type": "application/json"})
+                response = conn.getresponse()
+                response.read()
+                statuses.append(response.status)
+            conn.close()
+            return statuses
+
+        threads = []
+        results: list[list[int]] = []
+        for i in range(16):
+            threads.append(threading.Thread(target=lambda i=i: results.append(client(i))))
+            threads[-1].start()
+        for t in threads:
+            t.join(60)
+        assert [s for r in results for s in r] == [200] * 1600
+        # Some tick saw a handful of requests; a request costs microseconds to a millisecond of CPU.
+        assert server.request_cost is not None and 0 < server.request_cost < 0.005, server.request_cost
+
+
 def test_a_protocol_error_behind_an_in_flight_request_is_answered_after_it_in_order():
     model = Gated()
     model.gate.clear()

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from pathlib import Path
-from time import perf_counter
+from time import perf_counter, thread_time
 from typing import TYPE_CHECKING
 
 from otpserve.http.protocol import HttpConnection
@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("otpserve.http")
 _STATUS_LABELS: dict[int, tuple[tuple[str, str], ...]] = {}
+# A tick's CPU per request is a sample of `request_cost` once it saw this many inference requests; samples
+# are averaged with this weight (about the last 20 busy ticks).
+COST_MIN_REQUESTS = 8
+COST_WEIGHT = 0.05
 
 
 class HttpServer:
@@ -67,6 +71,10 @@ class HttpServer:
         self.responses = self.registry.add(Counter("otpserve_http_responses_total", "HTTP responses by status."))
         self.shed = self.registry.add(Counter("otpserve_http_shed_total", "Inference refused while running behind."))
         self.loop_lag = 0.0
+        # Seconds of this loop's CPU per inference request (an average over recent busy ticks); None until
+        # measured. With one request in flight per connection, connections x this bounds the loop lag our
+        # own requests can cause: lag beyond it is a stall from outside, which refusing cannot shorten.
+        self.request_cost: float | None = None
         self.registry.add(
             Gauge("otpserve_event_loop_lag_seconds", "How late the last loop tick ran.", lambda: self.loop_lag)
         )
@@ -144,14 +152,41 @@ class HttpServer:
         A request waits twice before its answer: for the loop to read it (how late this timer fires) and in
         its serving (the longest wait beyond the model's compute since the last tick: ``take_behind``).
         The shedder steers their sum, which is what an accepted request sees beyond its own compute.
+
+        Only what the server's own requests can explain counts: at most one request per connection, each
+        costing ``request_cost`` of this loop's CPU. A host that takes the CPU away (another process, a
+        noisy neighbour) makes the timer late and the workers slow too, but with a few dozen connections
+        there is no backlog for refusals to cut: closed-loop clients resend at once, and shedding would
+        only turn waits into 503s. Under a flood of connections the bound is far above what is steered to.
         """
-        servings = self.servings
+        servings, shedder = self.servings, self.shedder
+        cpu = thread_time()
         while True:
             t0 = perf_counter()
             await asyncio.sleep(interval)
             lag = self.loop_lag = max(0.0, perf_counter() - t0 - interval)
-            behind = max((s.take_behind() for s in servings.values()), default=0.0)
-            self.shedder.observe(lag + behind)
+            now = thread_time()
+            if not shedder.refused:  # what an answered request costs, not a cheap refusal
+                self._measure_cost(now - cpu, shedder.admitted)
+            cpu = now
+            behind = lag + max((s.take_behind() for s in servings.values()), default=0.0)
+            if self.request_cost is not None:
+                # No more than this loop's connections can explain, one request each: past that the CPU
+                # went elsewhere, and shedding would only turn waits into 503s.
+                behind = min(behind, len(self.connections) * self.request_cost)
+            shedder.observe(behind)
+
+    def _measure_cost(self, cpu: float, requests: int) -> None:
+        """Fold one tick's CPU per inference request into ``request_cost`` (ticks with a handful or more).
+
+        Only ticks without refusals count: a backlog of requests read from their sockets costs what
+        answering them does, and averaging in refusals would shrink the bound just as a flood needs it.
+        """
+        if requests < COST_MIN_REQUESTS:
+            return
+        sample = cpu / requests
+        cost = self.request_cost
+        self.request_cost = sample if cost is None else cost + COST_WEIGHT * (sample - cost)
 
     async def _sweep(self) -> None:
         """Once a second, time out connections stuck mid-request (one timer for all, not one per request),

@@ -3,8 +3,9 @@
 The bounded queue of a Serving protects latency when the *model* is the bottleneck. When the HTTP front end
 is (one event loop reading, decoding and answering), requests wait in socket buffers before the loop ever
 sees them, the queue never fills, and every request gets slower. Every few milliseconds the server measures
-how far behind it runs: how late a periodic timer fires (the wait before a request is read) plus the longest
-wait in its servings beyond the model's own compute since the last tick (the wait after).
+how far behind it runs: how late a periodic timer fires (the wait before a request is read; no more than its
+connections' requests could take, so that a host taking the CPU away is not mistaken for a backlog) plus the
+longest wait in its servings beyond the model's own compute since the last tick (the wait after).
 
 While the server keeps up the shedder does nothing. After ``sustain`` ticks in a row more than ``engage``
 behind (a backlog that keeps growing, not the few ms a busy server runs behind) it caps how many inference
