@@ -292,6 +292,46 @@ mod tests {
     }
 
     #[test]
+    fn packed_path_with_ragged_row_blocks_and_stale_scratch_is_exact() {
+        // w over the unpacked limit in both types, so the packed path; row counts that leave 4- and
+        // 1-row blocks in the last chunk of the parallel packing; every scratch buffer of this thread
+        // and the pool's poisoned first, so that a stale element read anywhere would show.
+        use crate::packed_x86::{with_scratch, X_SCRATCH};
+        let poison = || with_scratch(&X_SCRATCH, 1 << 20, |b: &mut [f64]| b.fill(f64::NAN));
+        poison();
+        threads::pool().broadcast(|_| poison());
+        fn check<T: Float + From<i8> + Into<f64>>() {
+            for &(m, k, n) in &[(17, 1030, 300), (37, 1030, 300), (131, 1030, 300)] {
+                let x: Vec<T> = (0..m * k).map(|i| T::from((i % 7) as i8 - 3)).collect();
+                let w: Vec<T> = (0..k * n).map(|i| T::from((i % 5) as i8 - 2)).collect();
+                let bias: Vec<T> = (0..n).map(|j| T::from((j % 3) as i8)).collect();
+                let p = DenseProblem {
+                    x: &x,
+                    w: &w,
+                    bias: Some(&bias),
+                    m,
+                    k,
+                    n,
+                    relu: true,
+                };
+                let mut out = vec![T::ZERO; m * n];
+                dense_into(&p, &mut out);
+                for i in 0..m {
+                    for j in 0..n {
+                        let s: f64 = (0..k)
+                            .map(|kk| x[i * k + kk].into() * w[kk * n + j].into())
+                            .sum();
+                        let want = (s + bias[j].into()).max(0.0);
+                        assert_eq!(out[i * n + j].into(), want, "m={m} k={k} n={n} ({i}, {j})");
+                    }
+                }
+            }
+        }
+        check::<f32>();
+        check::<f64>();
+    }
+
+    #[test]
     fn parallel_product_is_exact_on_integers() {
         let (m, k, n) = (300, 200, 100);
         let a: Vec<f64> = (0..m * k).map(|i| (i % 7) as f64).collect();

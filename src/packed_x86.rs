@@ -64,13 +64,20 @@ impl Scratch {
             self.free();
             let size = bytes.div_ceil(HUGE_PAGE) * HUGE_PAGE;
             // SAFETY: the layout has a non-zero size (bytes > self.bytes >= 0).
-            let ptr = unsafe { std::alloc::alloc_zeroed(Self::layout(size)) };
+            let ptr = unsafe { std::alloc::alloc(Self::layout(size)) };
             if ptr.is_null() {
                 std::alloc::handle_alloc_error(Self::layout(size));
             }
-            // Only advice: where THP is off the buffer keeps 4 KiB pages.
+            // Advice before the first touch (zeroing would fault every 4 KiB page in first); only
+            // advice: where THP is off the buffer keeps 4 KiB pages.
+            #[cfg(any(target_os = "linux", target_os = "android"))]
             // SAFETY: the range is the allocation just made.
-            unsafe { libc::madvise(ptr.cast(), size, libc::MADV_HUGEPAGE) };
+            unsafe {
+                libc::madvise(ptr.cast(), size, libc::MADV_HUGEPAGE)
+            };
+            // Zeroed, so that the slices handed out are initialised memory.
+            // SAFETY: `size` bytes were just allocated at `ptr`.
+            unsafe { core::ptr::write_bytes(ptr, 0, size) };
             self.ptr = ptr;
             self.bytes = size;
         }
@@ -98,13 +105,18 @@ impl Drop for Scratch {
 /// call to call: a fresh multi-megabyte buffer costs a page fault per 4 KiB on first touch (2.5 us
 /// each on this VM: 10 ms for the 16 MB of a packed 2048 x 2048 `x`, against 110 ms of compute).
 /// The elements hold whatever the last call left; callers overwrite what they read.
-pub fn with_scratch<E: Float, R>(
+pub fn with_scratch<E: Float, R, F: FnOnce(&mut [E]) -> R>(
     slot: &'static std::thread::LocalKey<RefCell<Scratch>>,
     len: usize,
-    f: impl FnOnce(&mut [E]) -> R,
+    f: F,
 ) -> R {
-    let bytes = (len * core::mem::size_of::<E>()).max(1);
-    let run = |buf: &mut Scratch| {
+    // One buffer serves both element types: every bit pattern of one must be a value of the other.
+    const { assert!(core::mem::size_of::<E>() == 4 || core::mem::size_of::<E>() == 8) };
+    let bytes = len
+        .checked_mul(core::mem::size_of::<E>())
+        .expect("scratch size overflows")
+        .max(1);
+    let run = |buf: &mut Scratch, f: F| {
         let ptr = buf.reserve(bytes);
         // SAFETY: the buffer holds at least `len` elements' bytes, is aligned for f32 and f64, was
         // zeroed when allocated, and every bit pattern is a valid f32 or f64; `buf` is borrowed
@@ -112,20 +124,30 @@ pub fn with_scratch<E: Float, R>(
         let elems = unsafe { core::slice::from_raw_parts_mut(ptr.cast::<E>(), len) };
         f(elems)
     };
-    slot.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buf) => {
-            let out = run(&mut buf);
-            if bytes > SCRATCH_KEEP_BYTES {
-                buf.free();
+    /// Frees an oversized buffer when `f` is done, returned or unwound.
+    struct Trim<'a>(core::cell::RefMut<'a, Scratch>);
+    impl Drop for Trim<'_> {
+        fn drop(&mut self) {
+            if self.0.bytes > SCRATCH_KEEP_BYTES {
+                self.0.free();
             }
-            out
         }
-        // Only if `f` itself asked for the same slot again: a buffer of its own.
-        Err(_) => {
+    }
+    let mut f = Some(f);
+    let mut call = |buf: &mut Scratch| run(buf, f.take().expect("called once"));
+    let kept = slot.try_with(|cell| {
+        // Busy only if `f` itself asked for the same slot again.
+        let mut trim = Trim(cell.try_borrow_mut().ok()?);
+        Some(call(&mut trim.0))
+    });
+    match kept {
+        Ok(Some(out)) => out,
+        // Nested, or the thread is exiting: a buffer of its own.
+        _ => {
             let mut own = Scratch::EMPTY;
-            run(&mut own)
+            call(&mut own)
         }
-    })
+    }
 }
 
 /// Inner-dimension steps `pack_x` copies at once: a 64-byte line of f32.
@@ -249,7 +271,9 @@ unsafe fn packed<V: Vector, const MR: usize>(
     if cols.is_empty() || p.m == 0 {
         return;
     }
-    debug_assert_eq!(xp.len(), p.m * p.k);
+    // `xp` was laid out for this kernel's MR: `packed_tile_rows` and the dispatch to this kernel
+    // read the same cached CPU check.
+    assert_eq!(xp.len(), p.m * p.k, "packed x length");
     let width = 2 * V::LANES;
     let depth_block = DEPTH_BLOCK_BYTES / core::mem::size_of::<V::Elem>();
     let mut k0 = 0;
@@ -388,6 +412,89 @@ mod tests {
         let big = SCRATCH_KEEP_BYTES / 4 + 1;
         with_scratch(&W_SCRATCH, big, |a: &mut [f32]| a[big - 1] = 3.0);
         W_SCRATCH.with(|cell| assert_eq!(cell.borrow().bytes, 0));
+    }
+
+    #[test]
+    fn pack_x_in_chunks_of_whole_tiles_equals_one_pack_x() {
+        // What `matmul` does over the pool: the last chunk's 4- and 1-row blocks must fall where one
+        // call over all rows puts them.
+        for mr in [AVX2_ROWS, AVX512_ROWS] {
+            for m in 1..80 {
+                let k = 3;
+                let x: Vec<f32> = (0..m * k).map(|i| i as f32).collect();
+                let mut whole = vec![f32::NAN; m * k];
+                pack_x(&x, m, k, mr, &mut whole);
+                for tiles in 1..6 {
+                    let rows = tiles * mr;
+                    let mut chunked = vec![f32::NAN; m * k];
+                    for (o, xc) in chunked.chunks_mut(rows * k).zip(x.chunks(rows * k)) {
+                        pack_x(xc, xc.len() / k, k, mr, o);
+                    }
+                    assert_eq!(whole, chunked, "m={m} mr={mr} rows={rows}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_panic_inside_with_scratch_leaves_the_slot_usable_and_frees_an_oversized_buffer() {
+        let before = with_scratch(&W_SCRATCH, 100, |a: &mut [f64]| a.as_ptr() as usize);
+        let panicked = std::panic::catch_unwind(|| {
+            with_scratch(&W_SCRATCH, 100, |_: &mut [f64]| panic!("boom"))
+        });
+        assert!(panicked.is_err());
+        let after = with_scratch(&W_SCRATCH, 100, |a: &mut [f64]| a.as_ptr() as usize);
+        assert_eq!(before, after);
+        let big = SCRATCH_KEEP_BYTES / 8 + 1;
+        let panicked = std::panic::catch_unwind(|| {
+            with_scratch(&W_SCRATCH, big, |_: &mut [f64]| panic!("boom"))
+        });
+        assert!(panicked.is_err());
+        W_SCRATCH.with(|c| assert!(c.borrow().bytes <= SCRATCH_KEEP_BYTES));
+    }
+
+    /// Where the kernel offers transparent huge pages on request, the scratch gets them. Ignored by
+    /// default: whether a 2 MiB page is free at that moment is the machine's, not the code's, doing.
+    #[cfg(target_os = "linux")]
+    #[test]
+    #[ignore = "needs free 2 MiB pages; cargo test -- --ignored"]
+    fn scratch_is_backed_by_huge_pages_where_the_kernel_offers_them() {
+        let mode = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+            .unwrap_or_default();
+        if !(mode.contains("[madvise]") || mode.contains("[always]")) {
+            eprintln!("transparent huge pages are off here ({mode:?}): nothing to check");
+            return;
+        }
+        // A thread of its own, so that its scratch is fresh: allocated, advised, then touched.
+        std::thread::spawn(|| {
+            with_scratch(&X_SCRATCH, 8 << 20, |a: &mut [f32]| {
+                a.fill(1.0);
+                let start = a.as_ptr() as usize;
+                let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+                let mut in_ours = false;
+                let mut huge_kb = 0;
+                for line in smaps.lines() {
+                    if let Some((range, _)) = line.split_once(' ') {
+                        if let Some((lo, hi)) = range.split_once('-') {
+                            if let (Ok(lo), Ok(hi)) =
+                                (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+                            {
+                                in_ours = lo <= start && start < hi;
+                                continue;
+                            }
+                        }
+                    }
+                    if in_ours {
+                        if let Some(v) = line.strip_prefix("AnonHugePages:") {
+                            huge_kb = v.trim().trim_end_matches(" kB").trim().parse().unwrap();
+                        }
+                    }
+                }
+                assert!(huge_kb > 0, "no huge pages behind the scratch buffer");
+            });
+        })
+        .join()
+        .unwrap();
     }
 
     /// Every ISA this CPU has, both element types, against the f64 triple loop on small integers
