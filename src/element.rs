@@ -46,6 +46,10 @@ pub trait Float:
     #[cfg(target_arch = "x86_64")]
     unsafe fn dense_simd(p: &DenseProblem<'_, Self>, cols: Range<usize>, out: *mut Self) -> bool;
 
+    /// Lanes of the vectors `dense_simd` computes in on this CPU (0 where it has no SIMD kernel).
+    #[cfg(target_arch = "x86_64")]
+    fn simd_lanes() -> usize;
+
     /// The x86-64 packed SIMD kernel (`packed_x86`) for this type, over output columns `cols`, with
     /// `xp` = `p.x` laid out by `packed_x86::pack_x` for `packed_tile_rows()`; false (and nothing
     /// written) on a CPU without AVX-512F or AVX2+FMA.
@@ -92,6 +96,14 @@ impl Float for f32 {
             None => return false,
         }
         true
+    }
+    #[cfg(target_arch = "x86_64")]
+    fn simd_lanes() -> usize {
+        match x86_isa() {
+            Some(Isa::Avx512) => 16,
+            Some(Isa::Avx2) => 8,
+            None => 0,
+        }
     }
     #[cfg(target_arch = "x86_64")]
     unsafe fn dense_packed_simd(
@@ -144,6 +156,14 @@ impl Float for f64 {
             None => return false,
         }
         true
+    }
+    #[cfg(target_arch = "x86_64")]
+    fn simd_lanes() -> usize {
+        match x86_isa() {
+            Some(Isa::Avx512) => 8,
+            Some(Isa::Avx2) => 4,
+            None => 0,
+        }
     }
     #[cfg(target_arch = "x86_64")]
     unsafe fn dense_packed_simd(

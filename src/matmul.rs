@@ -59,7 +59,7 @@ pub fn matmul<T: Float>(a: &[T], b: &[T], out: &mut [T], m: usize, k: usize, n: 
 }
 
 /// `out = act(x @ w + bias)`, on whichever path suits the shapes.
-pub(crate) fn dense_into<T: Float>(p: &DenseProblem<'_, T>, out: &mut [T]) {
+pub fn dense_into<T: Float>(p: &DenseProblem<'_, T>, out: &mut [T]) {
     assert_eq!(p.x.len(), p.m * p.k, "x length");
     assert_eq!(p.w.len(), p.k * p.n, "w length");
     assert_eq!(out.len(), p.m * p.n, "out length");
@@ -103,8 +103,8 @@ fn unpacked<T: Float>(p: &DenseProblem<'_, T>, out: &mut [T]) {
     }
     if work < PARALLEL_MIN_WORK {
         // Columns, not rows: each core then reads (and keeps in its own L2, call after call) half of
-        // `w`, which is what bounds a layer with a handful of rows. Halves on a 32-column boundary.
-        let mid = (p.n / 2).div_ceil(32) * 32;
+        // `w`, which is what bounds a layer with a handful of rows.
+        let mid = small_batch::column_split(p);
         let shared = SharedOut(out.as_mut_ptr());
         // SAFETY: lengths asserted by `dense_into`; the two calls write disjoint columns of `out`,
         // which is borrowed exclusively until both are done. Neither returns false: has_simd().

@@ -364,9 +364,9 @@ impl<E: Float> Block<'_, '_, E> {
                 }),
             };
             if used > V::LANES {
-                tile::<V, R, 2, true>(&t, used - V::LANES);
+                tile::<V, R, 2, true, false>(&t, 0, used - V::LANES);
             } else {
-                tile::<V, R, 1, true>(&t, used);
+                tile::<V, R, 1, true, false>(&t, 0, used);
             }
         }
     }

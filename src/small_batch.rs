@@ -100,6 +100,45 @@ pub unsafe fn dense_columns<T: Float>(
     }
 }
 
+/// Up to this many rows of `x`, the SIMD kernels lay their vectors on `w`'s alignment grid
+/// (`grid_shift`). There reading `w` from L2 bounds the time, and numpy's weights usually start 16 or
+/// 48 bytes into a cache line, so that every full-width load straddles two lines: a batch-1 layer of
+/// 784 x 128 took 1.35-1.4x as long as on 64-byte-aligned weights. The grid can cost one vector more
+/// per row (9 instead of 8 for 128 columns); from 8 rows on, where the multiply-adds bound the time,
+/// that extra vector ate what the aligned loads saved.
+pub const GRID_MAX_ROWS: usize = 7;
+
+/// Elements between the last `lanes`-aligned address at or before `w` and `w`'s first element: where
+/// the SIMD kernels start their vectors (see `small_batch_x86`), so that every load of `w` is one
+/// aligned vector. 0, and vectors that start at each part's first column, when `m` is over
+/// `GRID_MAX_ROWS`, when rows of `w` start at different alignments (`n` not a multiple of `lanes`),
+/// or when `w` is not aligned to its element size.
+pub(crate) fn grid_shift<T>(w: &[T], m: usize, n: usize, lanes: usize) -> usize {
+    let size = core::mem::size_of::<T>();
+    let address = w.as_ptr() as usize;
+    if m > GRID_MAX_ROWS || lanes == 0 || !n.is_multiple_of(lanes) || !address.is_multiple_of(size)
+    {
+        return 0;
+    }
+    address / size % lanes
+}
+
+/// Where to split the columns of `p` between two threads (`dense_columns`): on a vector boundary of
+/// the grid the kernel lays (`grid_shift`), half of the vectors each, the odd one to the partner
+/// (`matmul` gives the calling thread the first part: it also hands the work over).
+pub fn column_split<T: Float>(p: &DenseProblem<'_, T>) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    let lanes = T::simd_lanes();
+    #[cfg(not(target_arch = "x86_64"))]
+    let lanes = 0;
+    if lanes == 0 {
+        return p.n / 2;
+    }
+    let shift = grid_shift(p.w, p.m, p.n, lanes);
+    let vectors = (shift + p.n).div_ceil(lanes);
+    ((vectors / 2) * lanes).saturating_sub(shift).min(p.n)
+}
+
 #[inline(always)]
 fn dense_portable<T: Float>(p: &DenseProblem<'_, T>, out: &mut [T]) {
     let mut r = 0;

@@ -10,7 +10,7 @@ use core::arch::x86_64::*;
 use core::ops::Range;
 
 use crate::element::Float;
-use crate::small_batch::DenseProblem;
+use crate::small_batch::{grid_shift, DenseProblem};
 
 const PREFETCH: bool = true;
 const PREFETCH_ROWS: usize = 8;
@@ -33,6 +33,30 @@ pub trait Vector: Copy {
     unsafe fn add(a: Self, b: Self) -> Self;
     /// max(0, v) with NaN kept (`max` returns its second operand when either is NaN).
     unsafe fn relu(v: Self) -> Self;
+    /// A selection of lanes, for the masked loads and stores below.
+    type Mask: Copy;
+    /// Lanes `lo..hi` (`lo < hi <= LANES`).
+    unsafe fn mask(lo: usize, hi: usize) -> Self::Mask;
+    /// The lanes `m` selects from `p`, zeros elsewhere; memory under the other lanes is not read
+    /// (so `p` may point before the start of an array, as the first vector of an aligned tile does).
+    unsafe fn load_masked(p: *const Self::Elem, m: Self::Mask) -> Self;
+    /// Writes the lanes `m` selects to `p`; memory under the other lanes is not touched.
+    unsafe fn store_masked(p: *mut Self::Elem, v: Self, m: Self::Mask);
+}
+
+/// AVX2 lanes `lo..hi` of `lanes` (as 8 x i32, all-ones = on; an f64 lane spans two i32 lanes).
+#[inline(always)]
+unsafe fn range_avx2(lo: usize, hi: usize, lanes: usize) -> __m256i {
+    let index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let below_hi = _mm256_cmpgt_epi32(_mm256_set1_epi32((hi * 8 / lanes) as i32), index);
+    let below_lo = _mm256_cmpgt_epi32(_mm256_set1_epi32((lo * 8 / lanes) as i32), index);
+    _mm256_andnot_si256(below_lo, below_hi)
+}
+
+/// AVX-512 lanes `lo..hi` as a bit mask.
+#[inline(always)]
+fn range_bits(lo: usize, hi: usize) -> u32 {
+    ((1u32 << hi) - 1) & !((1u32 << lo) - 1)
 }
 
 /// An AVX2 lane mask selecting the first `count` of `lanes` 32-bit lanes, as 8 x i32 (all-ones = on).
@@ -87,6 +111,19 @@ impl Vector for __m256 {
     unsafe fn relu(v: Self) -> Self {
         _mm256_max_ps(_mm256_setzero_ps(), v)
     }
+    type Mask = __m256i;
+    #[inline(always)]
+    unsafe fn mask(lo: usize, hi: usize) -> __m256i {
+        range_avx2(lo, hi, 8)
+    }
+    #[inline(always)]
+    unsafe fn load_masked(p: *const f32, m: __m256i) -> Self {
+        _mm256_maskload_ps(p, m)
+    }
+    #[inline(always)]
+    unsafe fn store_masked(p: *mut f32, v: Self, m: __m256i) {
+        _mm256_maskstore_ps(p, m, v)
+    }
 }
 
 impl Vector for __m256d {
@@ -129,6 +166,19 @@ impl Vector for __m256d {
     #[inline(always)]
     unsafe fn relu(v: Self) -> Self {
         _mm256_max_pd(_mm256_setzero_pd(), v)
+    }
+    type Mask = __m256i;
+    #[inline(always)]
+    unsafe fn mask(lo: usize, hi: usize) -> __m256i {
+        range_avx2(lo, hi, 4)
+    }
+    #[inline(always)]
+    unsafe fn load_masked(p: *const f64, m: __m256i) -> Self {
+        _mm256_maskload_pd(p, m)
+    }
+    #[inline(always)]
+    unsafe fn store_masked(p: *mut f64, v: Self, m: __m256i) {
+        _mm256_maskstore_pd(p, m, v)
     }
 }
 
@@ -187,6 +237,19 @@ impl Vector for __m512 {
     unsafe fn relu(v: Self) -> Self {
         _mm512_max_ps(_mm512_setzero_ps(), v)
     }
+    type Mask = __mmask16;
+    #[inline(always)]
+    unsafe fn mask(lo: usize, hi: usize) -> __mmask16 {
+        range_bits(lo, hi) as __mmask16
+    }
+    #[inline(always)]
+    unsafe fn load_masked(p: *const f32, m: __mmask16) -> Self {
+        _mm512_maskz_loadu_ps(m, p)
+    }
+    #[inline(always)]
+    unsafe fn store_masked(p: *mut f32, v: Self, m: __mmask16) {
+        _mm512_mask_storeu_ps(p, m, v)
+    }
 }
 
 impl Vector for __m512d {
@@ -230,6 +293,19 @@ impl Vector for __m512d {
     unsafe fn relu(v: Self) -> Self {
         _mm512_max_pd(_mm512_setzero_pd(), v)
     }
+    type Mask = __mmask8;
+    #[inline(always)]
+    unsafe fn mask(lo: usize, hi: usize) -> __mmask8 {
+        range_bits(lo, hi) as __mmask8
+    }
+    #[inline(always)]
+    unsafe fn load_masked(p: *const f64, m: __mmask8) -> Self {
+        _mm512_maskz_loadu_pd(m, p)
+    }
+    #[inline(always)]
+    unsafe fn store_masked(p: *mut f64, v: Self, m: __mmask8) {
+        _mm512_mask_storeu_pd(p, m, v)
+    }
 }
 
 /// `out = act(x @ w + bias)` with AVX2+FMA vectors `V`, for output columns `cols` only.
@@ -261,86 +337,117 @@ pub unsafe fn dense_avx512<V: Vector>(
 
 #[inline(always)]
 unsafe fn dense<V: Vector>(p: &DenseProblem<'_, V::Elem>, cols: Range<usize>, out: *mut V::Elem) {
+    if cols.is_empty() {
+        return;
+    }
+    let lead = lead_lanes::<V>(p, cols.start);
     let mut r = 0;
     if V::ACC_REGISTERS >= 16 {
         // Eight rows by two or three vectors: `w` streamed once for eight rows instead of twice.
         while r + 8 <= p.m {
-            row_block::<V, 8>(p, r, cols.clone(), out);
+            row_block::<V, 8>(p, r, &cols, lead, out);
             r += 8;
         }
     }
     while r + 4 <= p.m {
-        row_block::<V, 4>(p, r, cols.clone(), out);
+        row_block::<V, 4>(p, r, &cols, lead, out);
         r += 4;
     }
     match p.m - r {
-        3 => row_block::<V, 3>(p, r, cols, out),
-        2 => row_block::<V, 2>(p, r, cols, out),
-        1 => row_block::<V, 1>(p, r, cols, out),
+        3 => row_block::<V, 3>(p, r, &cols, lead, out),
+        2 => row_block::<V, 2>(p, r, &cols, lead, out),
+        1 => row_block::<V, 1>(p, r, &cols, lead, out),
         _ => {}
     }
 }
 
-/// Rows `r0..r0 + R` of columns `cols`: the widest tiles that fit the register budget first, then
-/// narrower ones, then one masked vector for the columns left.
+/// How many lanes of the first vector lie before column `first`, when the vectors are laid on `w`'s
+/// alignment grid (`small_batch::grid_shift`; 0 where there is none).
+#[inline(always)]
+fn lead_lanes<V: Vector>(p: &DenseProblem<'_, V::Elem>, first: usize) -> usize {
+    (grid_shift(p.w, p.m, p.n, V::LANES) + first) % V::LANES
+}
+
+/// Rows `r0..r0 + R` of columns `cols`, whose first vector starts `lead` lanes before `cols.start`:
+/// the widest tiles that fit the register budget first, then narrower ones; the part's first and
+/// last vectors are masked to its columns.
 #[inline(always)]
 unsafe fn row_block<V: Vector, const R: usize>(
     p: &DenseProblem<'_, V::Elem>,
     r0: usize,
-    cols: Range<usize>,
+    cols: &Range<usize>,
+    lead: usize,
     out: *mut V::Elem,
 ) {
-    let mut j = cols.start;
-    j = tiles::<V, R, 8>(p, r0, j, cols.end, out);
-    j = tiles::<V, R, 6>(p, r0, j, cols.end, out);
-    j = tiles::<V, R, 4>(p, r0, j, cols.end, out);
-    j = tiles::<V, R, 3>(p, r0, j, cols.end, out);
-    j = tiles::<V, R, 2>(p, r0, j, cols.end, out);
-    j = tiles::<V, R, 1>(p, r0, j, cols.end, out);
-    if j < cols.end {
-        tile::<V, R, 1, false>(&unpacked_tile(p, r0, j, out), cols.end - j);
-    }
+    // Offsets into the span of lanes the part's vectors cover, `lead` before its first column.
+    let span = lead + cols.len();
+    let mut o = 0;
+    o = tiles::<V, R, 9>(p, r0, o, cols, lead, out);
+    o = tiles::<V, R, 8>(p, r0, o, cols, lead, out);
+    o = tiles::<V, R, 6>(p, r0, o, cols, lead, out);
+    o = tiles::<V, R, 5>(p, r0, o, cols, lead, out);
+    o = tiles::<V, R, 4>(p, r0, o, cols, lead, out);
+    o = tiles::<V, R, 3>(p, r0, o, cols, lead, out);
+    o = tiles::<V, R, 2>(p, r0, o, cols, lead, out);
+    o = tiles::<V, R, 1>(p, r0, o, cols, lead, out);
+    debug_assert!(o >= span);
 }
 
+/// Tiles of NV vectors from span offset `o`, while the span has at least NV vectors left (the last
+/// of which may be partly past its end, and masked); returns the first offset not done.
 #[inline(always)]
 unsafe fn tiles<V: Vector, const R: usize, const NV: usize>(
     p: &DenseProblem<'_, V::Elem>,
     r0: usize,
-    mut j: usize,
-    end: usize,
+    mut o: usize,
+    cols: &Range<usize>,
+    lead: usize,
     out: *mut V::Elem,
 ) -> usize {
     // Past the budget, or with no register left for the row of `w` (shared by several rows; a single
     // row reads it as a memory operand of each multiply-add), LLVM spills accumulators to memory.
     if R * NV > V::ACC_REGISTERS || (R > 1 && R * NV + NV + 1 > V::REGISTERS) {
-        return j;
+        return o;
     }
-    while j + NV * V::LANES <= end {
-        tile::<V, R, NV, false>(&unpacked_tile(p, r0, j, out), V::LANES);
-        j += NV * V::LANES;
+    let span = lead + cols.len();
+    while o < span && (span - o).div_ceil(V::LANES) >= NV {
+        // Lanes of the tile's first and last vectors that hold its columns.
+        let first = if o == 0 { lead } else { 0 };
+        let last = (span - o - (NV - 1) * V::LANES).min(V::LANES);
+        let t = unpacked_tile(p, r0, cols.start + o, lead, out);
+        if first == 0 && last == V::LANES {
+            tile::<V, R, NV, false, false>(&t, 0, V::LANES);
+        } else {
+            tile::<V, R, NV, false, true>(&t, first, last);
+        }
+        o += NV * V::LANES;
     }
-    j
+    o
 }
 
-/// The tile at rows `r0..`, columns `j..` of a whole problem, read straight from `x` and `w`.
+/// The tile whose first vector starts `lead` lanes before column `j` (pointers wrap: the lanes before
+/// the array are masked, never read or written), read straight from `x` and `w`.
 #[inline(always)]
 unsafe fn unpacked_tile<E: Float>(
     p: &DenseProblem<'_, E>,
     r0: usize,
     j: usize,
+    lead: usize,
     out: *mut E,
 ) -> Tile<E> {
     Tile {
         x: p.x.as_ptr().add(r0 * p.k),
         x_stride: p.k,
-        w: p.w.as_ptr().add(j),
+        w: p.w.as_ptr().wrapping_add(j).wrapping_sub(lead),
         w_stride: p.n,
         depth: p.k,
-        out: out.add(r0 * p.n + j),
+        out: out.wrapping_add(r0 * p.n + j).wrapping_sub(lead),
         out_stride: p.n,
         accumulate: false,
         epilogue: Some(Epilogue {
-            bias: p.bias.map(|b| b.as_ptr().add(j)),
+            bias: p
+                .bias
+                .map(|b| b.as_ptr().wrapping_add(j).wrapping_sub(lead)),
             relu: p.relu,
         }),
     }
@@ -373,16 +480,33 @@ pub(crate) struct Epilogue<E> {
     pub relu: bool,
 }
 
-/// One tile: columns `0..(NV - 1) * LANES + last` of `t`; `last` is how many lanes of the last
-/// vector are real columns (LANES except for the masked tail). `PACKED`: `w` is a contiguous panel
-/// padded with zeros to whole vectors, which the hardware prefetcher follows without help, and `x`
-/// is packed inner index first (`packed_x86::pack_x`): step kk's R values at `x + kk * R`.
+/// One tile: lanes `first..` of its first vector, every lane of the middle ones, and lanes `..last` of
+/// its last vector (all of them but at the part's edges). `EDGE`: the first or last vector is partial,
+/// so `w` is read through masks there (else `first` is 0 and, unless `PACKED`, `last` is LANES).
+/// `PACKED`: `w` is a contiguous panel padded with zeros to whole vectors, which the hardware
+/// prefetcher follows without help, and `x` is packed inner index first (`packed_x86::pack_x`): step
+/// kk's R values at `x + kk * R`.
 #[inline(always)]
-pub(crate) unsafe fn tile<V: Vector, const R: usize, const NV: usize, const PACKED: bool>(
+pub(crate) unsafe fn tile<
+    V: Vector,
+    const R: usize,
+    const NV: usize,
+    const PACKED: bool,
+    const EDGE: bool,
+>(
     t: &Tile<V::Elem>,
+    first: usize,
     last: usize,
 ) {
     let lanes = V::LANES;
+    debug_assert!(EDGE || (first == 0 && (PACKED || last == lanes)));
+    // The lanes of the first vector (`first..`) and of the last (`..last`): masks for an edge tile,
+    // counts otherwise. Which vector is which is known at compile time once the loops are unrolled;
+    // a mask chosen at run time here made LLVM store every accumulator to the stack on every step.
+    let first_mask = V::mask(first, if NV == 1 { last } else { lanes });
+    let last_mask = V::mask(if NV == 1 { first } else { 0 }, last);
+    let edge = |v: usize| EDGE && (v == 0 || v + 1 == NV);
+    let mask = |v: usize| if v == 0 { first_mask } else { last_mask };
     let count = |v: usize| if v + 1 == NV { last } else { lanes };
     let mut acc = [[V::zero(); NV]; R];
     let mut w = t.w;
@@ -392,7 +516,12 @@ pub(crate) unsafe fn tile<V: Vector, const R: usize, const NV: usize, const PACK
         for (v, slot) in wv.iter_mut().enumerate() {
             // Packed panels are padded with zeros: whole vectors, and no branch in the loop (which
             // would also cost the accumulators their registers: LLVM then keeps them in memory).
-            *slot = V::load(w.add(v * lanes), if PACKED { lanes } else { count(v) });
+            let at = w.wrapping_add(v * lanes);
+            *slot = if edge(v) {
+                V::load_masked(at, mask(v))
+            } else {
+                V::load(at, lanes)
+            };
         }
         for (r, acc_row) in acc.iter_mut().enumerate() {
             // Packed, the R values of this step lie side by side (`x_stride` is R): one pointer,
@@ -413,28 +542,39 @@ pub(crate) unsafe fn tile<V: Vector, const R: usize, const NV: usize, const PACK
                 );
             }
         }
-        w = w.add(t.w_stride);
+        w = w.wrapping_add(t.w_stride);
         if PACKED {
             x = x.add(R);
         }
     }
     for (r, acc_row) in acc.iter().enumerate() {
         for (v, &a) in acc_row.iter().enumerate() {
-            let o = t.out.add(r * t.out_stride + v * lanes);
+            let o = t.out.wrapping_add(r * t.out_stride + v * lanes);
+            let load = |at: *const V::Elem| {
+                if edge(v) {
+                    V::load_masked(at, mask(v))
+                } else {
+                    V::load(at, count(v))
+                }
+            };
             let mut s = a;
             if t.accumulate {
-                s = V::add(V::load(o, count(v)), s);
+                s = V::add(load(o), s);
             }
             if let Some(e) = t.epilogue {
                 // The bias is added after the dot product, as numpy's `x @ w + b` does.
                 if let Some(b) = e.bias {
-                    s = V::add(s, V::load(b.add(v * lanes), count(v)));
+                    s = V::add(s, load(b.wrapping_add(v * lanes)));
                 }
                 if e.relu {
                     s = V::relu(s);
                 }
             }
-            V::store(o, s, count(v));
+            if edge(v) {
+                V::store_masked(o, s, mask(v));
+            } else {
+                V::store(o, s, count(v));
+            }
         }
     }
 }
@@ -508,6 +648,103 @@ mod tests {
                     assert_eq!(got, want, "{name} m={m} k={k} n={n}");
                 }
             }
+        }
+    }
+
+    /// `w` starting at every element offset within a vector, so that the kernel lays its vectors on
+    /// every possible alignment grid (a masked first vector reaching back before the part, a masked
+    /// last one past it), for parts that start and end anywhere: each part's columns match the
+    /// triple loop, and nothing outside them is written, neither the other columns nor the elements
+    /// around `out`.
+    #[test]
+    fn the_alignment_grid_matches_the_triple_loop_at_every_offset() {
+        fn run<V: Vector>(
+            name: &str,
+            kernel: unsafe fn(&DenseProblem<'_, V::Elem>, Range<usize>, *mut V::Elem),
+            from: fn(f64) -> V::Elem,
+            to: fn(V::Elem) -> f64,
+        ) {
+            const GUARD: usize = 32;
+            let lanes = V::LANES;
+            for m in [1, 2, 3, 4, 5, 7, 8, 9] {
+                for &(k, n) in &[(3, 16), (9, 32), (5, 48), (17, 128), (4, 40), (6, 8)] {
+                    let x: Vec<f64> = (0..m * k).map(|i| ((i * 7 % 11) as f64) - 5.0).collect();
+                    let b: Vec<f64> = (0..n).map(|i| (i % 3) as f64 - 1.0).collect();
+                    let x_e: Vec<V::Elem> = x.iter().map(|&v| from(v)).collect();
+                    let b_e: Vec<V::Elem> = b.iter().map(|&v| from(v)).collect();
+                    // Room to start `w` at any element of a 64-byte line.
+                    let mut w_buf: Vec<V::Elem> = vec![from(0.0); k * n + 64];
+                    for offset in 0..lanes {
+                        let w: Vec<f64> = (0..k * n)
+                            .map(|i| ((i * 5 % 13 + offset) as f64) - 6.0)
+                            .collect();
+                        let start = (64 - (w_buf.as_ptr() as usize % 64)) % 64
+                            / core::mem::size_of::<V::Elem>()
+                            + offset;
+                        let w_e = &mut w_buf[start..start + k * n];
+                        for (d, &v) in w_e.iter_mut().zip(&w) {
+                            *d = from(v);
+                        }
+                        let p = DenseProblem {
+                            x: &x,
+                            w: &w,
+                            bias: Some(&b[..]),
+                            m,
+                            k,
+                            n,
+                            relu: offset % 2 == 1,
+                        };
+                        let want = p.reference();
+                        let p_e = DenseProblem {
+                            x: &x_e,
+                            w: w_e,
+                            bias: Some(&b_e[..]),
+                            m,
+                            k,
+                            n,
+                            relu: p.relu,
+                        };
+                        let mid = crate::small_batch::column_split(&p_e);
+                        let parts = [0..n, 0..mid, mid..n, 1..n - 1, 3..n.min(21)];
+                        for cols in parts {
+                            let mut out = vec![from(f64::NAN); m * n + 2 * GUARD];
+                            // SAFETY: the kernel runs only where its features were detected.
+                            unsafe { kernel(&p_e, cols.clone(), out.as_mut_ptr().add(GUARD)) };
+                            for (i, &got) in out.iter().enumerate() {
+                                let inside = i >= GUARD && i < GUARD + m * n;
+                                let (row, col) = ((i - GUARD.min(i)) / n, (i - GUARD.min(i)) % n);
+                                if inside && cols.contains(&col) {
+                                    assert_eq!(
+                                        to(got),
+                                        want[row * n + col],
+                                        "{name} m={m} k={k} n={n} offset={offset} cols={cols:?} \
+                                         at ({row}, {col})"
+                                    );
+                                } else {
+                                    assert!(
+                                        to(got).is_nan(),
+                                        "{name} m={m} k={k} n={n} offset={offset} cols={cols:?}: \
+                                         wrote element {i} of the guarded output, outside the part"
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            run::<__m256>("avx2 f32", dense_avx2::<__m256>, |v| v as f32, |v| v as f64);
+            run::<__m256d>("avx2 f64", dense_avx2::<__m256d>, |v| v, |v| v);
+        }
+        if is_x86_feature_detected!("avx512f") {
+            run::<__m512>(
+                "avx512 f32",
+                dense_avx512::<__m512>,
+                |v| v as f32,
+                |v| v as f64,
+            );
+            run::<__m512d>("avx512 f64", dense_avx512::<__m512d>, |v| v, |v| v);
         }
     }
 }
