@@ -13,7 +13,7 @@
 
 use std::cell::UnsafeCell;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
@@ -84,35 +84,50 @@ pub fn set_num_threads(threads: usize) -> Result<(), String> {
 /// apart, far inside it; an idle process pays at most this much of one core after its last call.
 const PARTNER_SPIN: Duration = Duration::from_micros(100);
 
-// The partner's job slot moves EMPTY -> POSTED (by the caller) -> RUNNING (by the partner) -> DONE,
-// or POSTED -> EMPTY when the caller takes its job back because the partner had not started it.
-const EMPTY: u32 = 0;
-const POSTED: u32 = 1;
-const RUNNING: u32 = 2;
-const DONE: u32 = 3;
+// The job slot's state: a ticket (one per posted job, so that nothing has to be reset between jobs)
+// shifted left by 2, and in the low bits where that job is. POSTED by the caller; RUNNING once the
+// partner has taken it; or TAKEN_BACK by the caller, which then runs it itself.
+const POSTED: u64 = 1;
+const RUNNING: u64 = 2;
+const TAKEN_BACK: u64 = 3;
+const PHASE: u64 = 3;
 
-/// A job on the caller's stack: a type-erased `FnOnce` and the function that runs it.
-#[derive(Clone, Copy)]
-struct Job {
-    data: *mut (),
-    run: unsafe fn(*mut ()),
+/// Bytes of a job's closure the slot holds in place; a larger closure is reached through a pointer
+/// to the caller's frame.
+const INLINE_JOB: usize = 96;
+
+/// A cache line of its own, so that one thread's writes never take from another the line it is
+/// spinning on.
+#[repr(align(64))]
+struct Line<T>(T);
+
+/// The slot the caller posts a job to and the partner takes it from, in one place (two cache lines),
+/// so that the partner gets the job with the line that tells it there is one: the handoff is then one
+/// line passed between cores (each further line the partner has to fetch from the caller's cache,
+/// one after the other, added a tenth of a microsecond or more).
+#[repr(C, align(64))]
+struct Slot {
+    state: AtomicU64,
+    run: UnsafeCell<unsafe fn(*mut u8)>,
+    data: UnsafeCell<core::mem::MaybeUninit<[u64; INLINE_JOB / 8]>>,
 }
 
-/// The standing partner thread and its one-job slot.
+/// The standing partner thread. Each line has one writer at a time: `claimed` the callers (the
+/// partner never touches it), `slot` the caller then the partner, `done` the partner.
 struct Partner {
-    /// Held by the one caller using the partner; others run both halves themselves.
-    claimed: AtomicBool,
-    state: AtomicU32,
-    /// Written by the caller before POSTED, read by whoever moves it on from POSTED.
-    job: UnsafeCell<Option<Job>>,
-    panicked: AtomicBool,
-    parked: AtomicBool,
+    /// Held by the one caller using the partner; others run both halves themselves. Also holds the
+    /// last ticket handed out (only the holder reads or writes it).
+    claimed: Line<(AtomicBool, AtomicU64)>,
+    slot: Slot,
+    /// The ticket of the last job the partner finished, shifted left by 1; the low bit set if it
+    /// panicked.
+    done: Line<AtomicU64>,
+    parked: Line<AtomicBool>,
     thread: Thread,
 }
 
-// SAFETY: `job` is only touched under the state protocol above, by one thread at a time.
+// SAFETY: the slot's cells are only touched under the state protocol above, by one thread at a time.
 unsafe impl Sync for Partner {}
-unsafe impl Send for Job {}
 
 static PARTNER: OnceLock<Option<&'static Partner>> = OnceLock::new();
 
@@ -126,11 +141,14 @@ impl Partner {
                 .spawn(move || {
                     // The partner lives as long as the process, as the pool's threads do.
                     let partner: &'static Partner = Box::leak(Box::new(Partner {
-                        claimed: AtomicBool::new(false),
-                        state: AtomicU32::new(EMPTY),
-                        job: UnsafeCell::new(None),
-                        panicked: AtomicBool::new(false),
-                        parked: AtomicBool::new(false),
+                        claimed: Line((AtomicBool::new(false), AtomicU64::new(0))),
+                        slot: Slot {
+                            state: AtomicU64::new(0),
+                            run: UnsafeCell::new(nothing),
+                            data: UnsafeCell::new(core::mem::MaybeUninit::uninit()),
+                        },
+                        done: Line(AtomicU64::new(0)),
+                        parked: Line(AtomicBool::new(false)),
                         thread: std::thread::current(),
                     }));
                     if tx.send(partner).is_ok() {
@@ -147,20 +165,24 @@ impl Partner {
             let mut idle_since = Instant::now();
             let mut spins = 0u32;
             loop {
-                if self.state.load(Acquire) == POSTED
+                let state = self.slot.state.load(Acquire);
+                if state & PHASE == POSTED
                     && self
+                        .slot
                         .state
-                        .compare_exchange(POSTED, RUNNING, Acquire, Relaxed)
+                        .compare_exchange(state, state - POSTED + RUNNING, Acquire, Relaxed)
                         .is_ok()
                 {
-                    // SAFETY: RUNNING gives this thread the job; the caller waits for DONE before
-                    // its stack frame (where the job lives) goes away.
-                    let job = unsafe { (*self.job.get()).take() };
-                    if let Some(job) = job {
-                        let ok = catch_unwind(AssertUnwindSafe(|| unsafe { (job.run)(job.data) }));
-                        self.panicked.store(ok.is_err(), Relaxed);
-                    }
-                    self.state.store(DONE, Release);
+                    // SAFETY: RUNNING gives this thread the job, which the caller wrote before
+                    // POSTED; the caller waits for `done` before its frame (which the job may
+                    // borrow from) goes away.
+                    let ok = catch_unwind(AssertUnwindSafe(|| unsafe {
+                        (*self.slot.run.get())(self.slot.data.get() as *mut u8)
+                    }));
+                    let ticket = state >> 2;
+                    self.done
+                        .0
+                        .store(ticket << 1 | u64::from(ok.is_err()), Release);
                     idle_since = Instant::now();
                 }
                 spins = spins.wrapping_add(1);
@@ -170,16 +192,20 @@ impl Partner {
                 }
                 std::hint::spin_loop();
             }
-            // Park, unless a job was posted meanwhile; a caller that posts after seeing `parked`
-            // unparks, and one that posted before is seen here (both sides SeqCst).
-            self.parked.store(true, SeqCst);
-            if self.state.load(SeqCst) != POSTED {
+            // Park, unless a job was posted meanwhile. A caller that posts while this parks may not
+            // see `parked` in time to wake it: it then takes its job back once its own half is done,
+            // and the next caller, which sees `parked`, wakes the partner.
+            self.parked.0.store(true, SeqCst);
+            if self.slot.state.load(SeqCst) & PHASE != POSTED {
                 std::thread::park();
             }
-            self.parked.store(false, SeqCst);
+            self.parked.0.store(false, SeqCst);
         }
     }
 }
+
+/// The slot's initial job: never run (no ticket is posted with it).
+unsafe fn nothing(_: *mut u8) {}
 
 /// Runs `a` and `b`, `a` on the kernel's partner thread where one is free and `b` on this one; returns
 /// when both are done. Worth it for work of a few microseconds and up, each half alike in size;
@@ -190,6 +216,8 @@ pub fn join_pair<A: FnOnce() + Send, B: FnOnce()>(a: A, b: B) {
     let partner = match Partner::get() {
         Some(p)
             if p.claimed
+                .0
+                 .0
                 .compare_exchange(false, true, Acquire, Relaxed)
                 .is_ok() =>
         {
@@ -201,43 +229,76 @@ pub fn join_pair<A: FnOnce() + Send, B: FnOnce()>(a: A, b: B) {
             return;
         }
     };
-    unsafe fn run<A: FnOnce()>(data: *mut ()) {
-        // SAFETY: `data` is the `Option<A>` below, handed to exactly one runner.
-        if let Some(f) = unsafe { (*(data as *mut Option<A>)).take() } {
+    let ticket = partner.claimed.0 .1.load(Relaxed).wrapping_add(1) & (u64::MAX >> 3);
+    partner.claimed.0 .1.store(ticket, Relaxed);
+
+    /// Runs a closure the slot holds in place, moving it out.
+    unsafe fn run_inline<A: FnOnce()>(data: *mut u8) {
+        // SAFETY: `data` holds an `A`, written by `join_pair` and read exactly once.
+        unsafe { core::ptr::read(data as *mut A)() }
+    }
+    /// Runs a closure held in the caller's frame, through the pointer the slot holds.
+    unsafe fn run_pointed<A: FnOnce()>(data: *mut u8) {
+        // SAFETY: `data` holds a pointer to the caller's `Option<A>`, taken exactly once.
+        if let Some(f) = unsafe { (*(*(data as *mut *mut Option<A>))).take() } {
             f();
         }
     }
-    let mut a = Some(a);
-    // SAFETY: the slot is ours (claimed) and EMPTY, so no other thread reads it.
+    let inline = core::mem::size_of::<A>() <= INLINE_JOB && core::mem::align_of::<A>() <= 8;
+    let mut pointed: Option<A> = None;
+    // SAFETY: the slot is ours (claimed) and holds no job (the last ticket is finished or taken
+    // back), so no other thread reads it.
     unsafe {
-        *partner.job.get() = Some(Job {
-            data: &mut a as *mut Option<A> as *mut (),
-            run: run::<A>,
-        });
+        let data = partner.slot.data.get() as *mut u8;
+        if inline {
+            core::ptr::write(data as *mut A, a);
+            *partner.slot.run.get() = run_inline::<A>;
+        } else {
+            pointed = Some(a);
+            core::ptr::write(data as *mut *mut Option<A>, &mut pointed);
+            *partner.slot.run.get() = run_pointed::<A>;
+        }
     }
-    partner.state.store(POSTED, SeqCst);
-    if partner.parked.load(SeqCst) {
+    partner.slot.state.store(ticket << 2 | POSTED, Release);
+    if partner.parked.0.load(Acquire) {
         partner.thread.unpark();
     }
-    /// Waits for the partner to be done with `a` even if `b` panics: `a` lives in this frame.
-    struct Finish(&'static Partner);
-    impl Finish {
-        /// Takes `a` back if the partner has not started it, else waits for it; then frees the
-        /// partner for the next caller. Returns whether the partner's run of `a` panicked.
-        fn complete(&self) -> bool {
-            let partner = self.0;
+
+    /// Until both halves are done, even if `b` panics: `a` may borrow from this frame.
+    struct Finish<A> {
+        partner: &'static Partner,
+        ticket: u64,
+        inline: bool,
+        marker: core::marker::PhantomData<A>,
+    }
+    impl<A> Finish<A> {
+        /// Takes `a` back if the partner has not started it (returning it, when held in place, for
+        /// the caller to run or drop), else waits for the partner to finish it; then frees the
+        /// partner for the next caller. Also returns whether the partner's run of `a` panicked.
+        fn complete(&self) -> (Option<A>, bool) {
+            let partner = self.partner;
+            let posted = self.ticket << 2 | POSTED;
+            let mut taken = None;
             let mut panicked = false;
-            if partner
-                .state
-                .compare_exchange(POSTED, EMPTY, Acquire, Relaxed)
-                .is_ok()
+            if partner.slot.state.load(Relaxed) == posted
+                && partner
+                    .slot
+                    .state
+                    .compare_exchange(posted, posted - POSTED + TAKEN_BACK, Acquire, Relaxed)
+                    .is_ok()
             {
-                // Taken back: the caller runs it; clear the slot.
-                // SAFETY: EMPTY again, and the slot is ours.
-                unsafe { *partner.job.get() = None };
+                if self.inline {
+                    // SAFETY: taken back, so the partner never read it; ours to move out.
+                    taken = Some(unsafe { core::ptr::read(partner.slot.data.get() as *mut A) });
+                }
             } else {
                 let mut spins = 0u32;
-                while partner.state.load(Acquire) != DONE {
+                loop {
+                    let done = partner.done.0.load(Acquire);
+                    if done >> 1 == self.ticket {
+                        panicked = done & 1 == 1;
+                        break;
+                    }
                     spins = spins.wrapping_add(1);
                     if spins < 1 << 16 {
                         std::hint::spin_loop();
@@ -245,25 +306,30 @@ pub fn join_pair<A: FnOnce() + Send, B: FnOnce()>(a: A, b: B) {
                         std::thread::yield_now();
                     }
                 }
-                // Read before the partner is freed: the next caller's job may set it again.
-                panicked = partner.panicked.swap(false, Relaxed);
-                partner.state.store(EMPTY, Relaxed);
             }
-            partner.claimed.store(false, Release);
-            panicked
+            partner.claimed.0 .0.store(false, Release);
+            (taken, panicked)
         }
     }
-    impl Drop for Finish {
+    impl<A> Drop for Finish<A> {
         fn drop(&mut self) {
-            self.complete();
+            // Unwinding from `b`: a job taken back is dropped, not run.
+            drop(self.complete());
         }
     }
-    let finish = Finish(partner);
+    let finish = Finish::<A> {
+        partner,
+        ticket,
+        inline,
+        marker: core::marker::PhantomData,
+    };
     b();
-    let panicked = finish.complete();
+    let (taken, panicked) = finish.complete();
     core::mem::forget(finish);
-    // Still Some only if taken back from the partner.
-    if let Some(f) = a.take() {
+    if let Some(f) = taken {
+        f();
+    } else if let Some(f) = pointed.take() {
+        // Taken back while held in this frame.
         f();
     } else if panicked {
         resume_unwind(Box::new(
@@ -271,7 +337,6 @@ pub fn join_pair<A: FnOnce() + Send, B: FnOnce()>(a: A, b: B) {
         ));
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,6 +383,46 @@ mod tests {
             assert!(caught.is_err());
         }
         // The partner still works afterwards.
+        let mut done = false;
+        join_pair(|| {}, || done = true);
+        assert!(done);
+    }
+
+    #[test]
+    fn a_closure_too_big_to_hold_in_place_runs_from_the_callers_frame() {
+        let total = AtomicU64::new(0);
+        for i in 0..200u64 {
+            // 256 bytes captured by value: more than the slot holds.
+            let big = [i; 32];
+            assert!(core::mem::size_of_val(&big) > INLINE_JOB);
+            join_pair(
+                || {
+                    total.fetch_add(big.iter().sum::<u64>(), Relaxed);
+                },
+                || {},
+            );
+        }
+        assert_eq!(total.load(Relaxed), 32 * (200 * 199 / 2));
+    }
+
+    #[test]
+    fn a_panic_in_the_callers_half_still_runs_or_drops_the_partners_half_once() {
+        struct Counted<'a>(&'a AtomicUsize);
+        impl Drop for Counted<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Relaxed);
+            }
+        }
+        let drops = AtomicUsize::new(0);
+        for _ in 0..200 {
+            let counted = Counted(&drops);
+            let caught = catch_unwind(AssertUnwindSafe(|| {
+                join_pair(move || drop(counted), || panic!("the caller's half"))
+            }));
+            assert!(caught.is_err());
+        }
+        // Each half-job's value went exactly once: run by the partner, or dropped when taken back.
+        assert_eq!(drops.load(Relaxed), 200);
         let mut done = false;
         join_pair(|| {}, || done = true);
         assert!(done);
