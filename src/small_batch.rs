@@ -124,8 +124,10 @@ pub(crate) fn grid_shift<T>(w: &[T], m: usize, n: usize, lanes: usize) -> usize 
 }
 
 /// Where to split the columns of `p` between two threads (`dense_columns`): on a vector boundary of
-/// the grid the kernel lays (`grid_shift`), half of the vectors each, the odd one to the partner
-/// (`matmul` gives the calling thread the first part: it also hands the work over).
+/// the grid the kernel lays (`grid_shift`), half of the vectors each, the odd one to the first part,
+/// which `matmul` gives the calling thread: it starts a quarter of a microsecond before the partner
+/// does. (At batch 1-4 with 9 vectors, 5 for the caller ran 6-17 % faster than 4 in three of four
+/// paired runs.)
 pub fn column_split<T: Float>(p: &DenseProblem<'_, T>) -> usize {
     #[cfg(target_arch = "x86_64")]
     let lanes = T::simd_lanes();
@@ -136,7 +138,7 @@ pub fn column_split<T: Float>(p: &DenseProblem<'_, T>) -> usize {
     }
     let shift = grid_shift(p.w, p.m, p.n, lanes);
     let vectors = (shift + p.n).div_ceil(lanes);
-    ((vectors / 2) * lanes).saturating_sub(shift).min(p.n)
+    (vectors.div_ceil(2) * lanes).saturating_sub(shift).min(p.n)
 }
 
 #[inline(always)]
