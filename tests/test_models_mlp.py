@@ -84,6 +84,22 @@ def test_mlp_survives_pickling_for_worker_processes(mlp):
     assert clone.labels == mlp.labels and clone.input_shape == mlp.input_shape
 
 
+def test_weights_start_on_a_cache_line_when_built_and_when_unpickled():
+    rng = np.random.default_rng(6)
+    # A slice one float in: numpy's allocation is 16-byte aligned at best, this is 4 bytes off it.
+    w = rng.random((785, 128), dtype=np.float32).ravel()[1 : 1 + 784 * 128].reshape(784, 128)
+    assert w.ctypes.data % 64 != 0
+    model = MLP([(w, np.zeros(128, np.float32)), (rng.random((128, 10), dtype=np.float32), np.zeros(10, np.float32))])
+    clone = pickle.loads(pickle.dumps(model))
+    for m in (model, clone):
+        for (got, _), (want, _) in zip(m.layers, model.layers, strict=True):
+            assert got.ctypes.data % 64 == 0 and got.flags.c_contiguous and got.dtype == np.float32
+            np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(model.layers[0][0], w)
+    x = rng.random((3, 784), dtype=np.float32)
+    np.testing.assert_array_equal(clone.predict(x), model.predict(x))
+
+
 def test_layers_that_do_not_chain_are_refused():
     with pytest.raises(ShapeError, match="layer 1: takes 4 inputs but layer 0 gives 3"):
         MLP([(np.zeros((2, 3)), np.zeros(3)), (np.zeros((4, 1)), np.zeros(1))])

