@@ -11,7 +11,9 @@ The peak is approximated by numpy's float32 GEMM at n = 4096. Each side runs in 
 each, because OpenBLAS threads spin for a while after a call and would steal the cores from whichever
 side runs next); a block's figure is the median of its repeats, and each side gets ROUNDS blocks,
 alternating, of which the best median counts, so that a burst of noise on this shared VM hits one block
-rather than one side.
+rather than one side. Five rounds rather than three: on this VM either vCPU alone was seen to slow down
+1.5-3.5x for a tenth of a second to a few seconds at a time (host contention), long enough to spoil all
+three blocks of one side.
 Targets (benchmark, not tests): mlp_forward >= 2x numpy at batch <= 8 and >= 1x at batch >= 128;
 matmul >= 0.8x numpy at n >= 512.
 """
@@ -30,7 +32,7 @@ import orjson
 from otpserve import kernel
 
 PAUSE_S = 0.2
-ROUNDS = 3
+ROUNDS = 5
 
 
 def median_time(fn: Callable[[], object], min_time: float = 0.2, repeats: int = 7) -> float:
