@@ -135,14 +135,26 @@ class GenServer:
         if name is not None:
             registry.register(name, server)
         try:
-            await _maybe_await(server.init(init_arg))
+            server._init_result(await _maybe_await(server.init(init_arg)))
         except BaseException:
             server._exit = ExitReason.shutdown()
             if name is not None:
                 registry.unregister(name, server)
             raise
         server._task = asyncio.get_running_loop().create_task(server._loop(), name=f"GenServer {server.label}")
+        server._task.add_done_callback(server._on_task_done)
+        await server._started()
         return server
+
+    def _on_task_done(self, task: asyncio.Task[ExitReason]) -> None:
+        if task.cancelled() and self._exit is None:  # killed before its loop took its first step
+            self._finish(ExitReason.killed())
+
+    def _init_result(self, result: Any) -> None:
+        """What ``init`` returned, for behaviours built on GenServer (a GenStage's type and options)."""
+
+    async def _started(self) -> None:
+        """Runs once the server loop exists, before ``start_link`` returns (a GenStage subscribes here)."""
 
     @classmethod
     def child_spec(
@@ -215,6 +227,15 @@ class GenServer:
         if self.is_alive():
             self._mailbox.put_nowait(("info", message, None))
 
+    def _send_system(self, message: Any) -> None:
+        """Send a protocol message of a behaviour built on GenServer (GenStage's demand and events), handled by
+        ``_handle_system`` in the server's own loop, in order with every other message."""
+        if self.is_alive():
+            self._mailbox.put_nowait(("system", message, None))
+
+    async def _handle_system(self, message: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} got system message {message!r}")
+
     call = _ByNameOrInstance(_call)
     cast = _ByNameOrInstance(_cast)
     send = _ByNameOrInstance(_send)
@@ -265,6 +286,8 @@ class GenServer:
                         result = await _maybe_await(self.handle_call(message, caller))
                     elif kind == "cast":
                         result = await _maybe_await(self.handle_cast(message))
+                    elif kind == "system":
+                        result = await _maybe_await(self._handle_system(message))
                     else:
                         result = await _maybe_await(self.handle_info(message))
                 except Exception as exc:
