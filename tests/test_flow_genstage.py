@@ -5,7 +5,7 @@ import asyncio
 import pytest
 from otpserve.flow.dispatchers import BroadcastDispatcher, PartitionDispatcher
 from otpserve.flow.genstage import Consumer, GenStage, Producer, ProducerConsumer
-from otpserve.otp import ChildSpec, Supervisor
+from otpserve.otp import Supervisor
 
 
 def arun(coro, timeout=20.0):
@@ -19,7 +19,9 @@ class Counter(GenStage):
         self.n = 0
         self.demands = []
         self.extra = arg.get("extra", 0) if arg else 0
-        return Producer(dispatcher=arg.get("dispatcher") if arg else None, buffer_size=arg.get("buffer", 10_000) if arg else 10_000)
+        return Producer(
+            dispatcher=arg.get("dispatcher") if arg else None, buffer_size=arg.get("buffer", 10_000) if arg else 10_000
+        )
 
     async def handle_demand(self, demand):
         self.demands.append(demand)
@@ -134,7 +136,9 @@ def test_broadcast_dispatcher_sends_every_event_to_every_consumer_at_the_slowest
 
 def test_partition_dispatcher_routes_each_event_to_its_partition():
     async def main():
-        producer = await Counter.start_link({"dispatcher": PartitionDispatcher(["even", "odd"], lambda e: "odd" if e % 2 else "even")})
+        producer = await Counter.start_link(
+            {"dispatcher": PartitionDispatcher(["even", "odd"], lambda e: "odd" if e % 2 else "even")}
+        )
         even = await Sink.start_link({})
         odd = await Sink.start_link({})
         await even.subscribe(producer, max_demand=10, partition="even")

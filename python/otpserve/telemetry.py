@@ -25,6 +25,7 @@ __all__ = [
     "HandlerFunction",
     "attach",
     "attach_many",
+    "attached",
     "detach",
     "execute",
     "list_handlers",
@@ -86,6 +87,11 @@ def detach(handler_id: str) -> bool:
             return False
         _rebuild()
         return True
+
+
+def attached(event: Event) -> bool:
+    """Whether any handler listens to ``event``: lets a hot loop skip building events nobody reads."""
+    return event in _by_event
 
 
 def list_handlers(prefix: Event = ()) -> list[Handler]:

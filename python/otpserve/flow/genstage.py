@@ -250,6 +250,12 @@ class GenStage(GenServer):
 
     # ---- the protocol, in the stage's own loop ---------------------------------------------------------
 
+    def _handled(self, result: Any) -> Any:
+        if isinstance(result, Stop) or result is None:
+            return result
+        self._emit(result)  # handle_info / handle_cast returned events
+        return None
+
     async def _handle_system(self, message: Any) -> Any:
         kind = message[0]
         if kind == "events":
@@ -361,8 +367,7 @@ class GenStage(GenServer):
 
     def _emit(self, events: list[Any] | None) -> None:
         if not events:
-            if events is not None:
-                self._maybe_cancel_consumers()
+            self._maybe_cancel_consumers()
             return
         if self.stage_type == "consumer":
             raise TypeError(f"{self!r} is a consumer: its callbacks hand out no events")

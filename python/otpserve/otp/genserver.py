@@ -150,6 +150,10 @@ class GenServer:
         if task.cancelled() and self._exit is None:  # killed before its loop took its first step
             self._finish(ExitReason.killed())
 
+    def _handled(self, result: Any) -> Any:
+        """What handle_cast/handle_info returned, for behaviours that give it a meaning (a GenStage's events)."""
+        return result
+
     def _init_result(self, result: Any) -> None:
         """What ``init`` returned, for behaviours built on GenServer (a GenStage's type and options)."""
 
@@ -285,11 +289,11 @@ class GenServer:
                     if caller is not None:
                         result = await _maybe_await(self.handle_call(message, caller))
                     elif kind == "cast":
-                        result = await _maybe_await(self.handle_cast(message))
+                        result = self._handled(await _maybe_await(self.handle_cast(message)))
                     elif kind == "system":
                         result = await _maybe_await(self._handle_system(message))
                     else:
-                        result = await _maybe_await(self.handle_info(message))
+                        result = self._handled(await _maybe_await(self.handle_info(message)))
                 except Exception as exc:
                     reason = ExitReason.exception(exc)
                     log.error("%r crashed handling %s %r", self, kind, message, exc_info=exc)
