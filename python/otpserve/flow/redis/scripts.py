@@ -1,0 +1,75 @@
+"""The Lua scripts a Redis pipeline runs: each is atomic on the server, as MULTI/EXEC is, and more.
+
+``ACK_AND_WRITE`` is how a result or a dead letter goes out exactly once. MULTI/EXEC would make the XACK and
+the XADD atomic, but it cannot make the XADD depend on the XACK: if two consumers hold the same entry (a
+janitor reclaimed it from one that was only slow), both transactions would add a result. Here the XADD runs
+only when this XACK removed the entry from the group's pending list, so whichever consumer acks first writes
+the one result and every later copy writes nothing. Redis replicates and logs a script's effects as one
+MULTI/EXEC block (AOF included), so a crash of Redis leaves either both the XACK and the XADD, or neither.
+
+``RENEW`` extends the lease of entries this consumer still owns (XCLAIM JUSTID resets their idle time
+without counting a delivery) and reports the ones another consumer has claimed meanwhile.
+
+``TRIM`` deletes the entries every group has acked: below the oldest pending entry of each group, and
+below what each group has not yet read, whichever is lower.
+"""
+
+ACK_AND_WRITE = """
+local stream, results, dead, group = KEYS[1], KEYS[2], KEYS[3], ARGV[1]
+local out = {}
+local i = 2
+while i <= #ARGV do
+  local kind, id, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local acked = redis.call('XACK', stream, group, id)
+  if acked == 1 and kind ~= 'a' then
+    local fields = {}
+    for j = 1, 2 * n do fields[j] = ARGV[i + 2 + j] end
+    redis.call('XADD', kind == 'r' and results or dead, '*', unpack(fields))
+  end
+  out[#out + 1] = acked
+  i = i + 3 + 2 * n
+end
+return out
+"""
+
+RENEW = """
+local stream, group, me = KEYS[1], ARGV[1], ARGV[2]
+local lost = {}
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  local p = redis.call('XPENDING', stream, group, id, id, 1)
+  if #p == 1 and p[1][2] == me then
+    redis.call('XCLAIM', stream, group, me, 0, id, 'JUSTID')
+  else
+    lost[#lost + 1] = id
+  end
+end
+return lost
+"""
+
+TRIM = """
+local function parse(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local function less(ams, aseq, bms, bseq)
+  return ams < bms or (ams == bms and aseq < bseq)
+end
+local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
+if not ok or #groups == 0 then return 0 end
+local floor_ms, floor_seq = nil, nil
+for _, g in ipairs(groups) do
+  local info = {}
+  for k = 1, #g, 2 do info[g[k]] = g[k + 1] end
+  local ms, seq
+  if tonumber(info['pending']) > 0 then
+    local summary = redis.call('XPENDING', KEYS[1], info['name'])
+    ms, seq = parse(summary[2])
+  else
+    ms, seq = parse(info['last-delivered-id'])
+    seq = seq + 1
+  end
+  if floor_ms == nil or less(ms, seq, floor_ms, floor_seq) then floor_ms, floor_seq = ms, seq end
+end
+return redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d-%d', floor_ms, floor_seq))
+"""
