@@ -3,6 +3,7 @@
     otpserve train [--out DIR] [--data DIR] [--epochs N] [--seed S]   fit the reference MLP, save it
     otpserve predict MODEL FILE [--invert] [--top K]                  print the class of a .png or .npy
     otpserve serve [MODEL] [--host H] [--port P] [--isolation I] ...  serve it over HTTP (KServe v2)
+    otpserve pipeline KIND --redis URL --stream NAME ...              run a pipeline on a Redis Stream
 
 Each subcommand is a ``_add_<name>(subparsers)`` function that registers its parser and handler; heavy
 imports (scikit-learn, the serving stack) happen inside the handler so ``otpserve --help`` stays fast.
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(subparsers)
     _add_predict(subparsers)
     _add_serve(subparsers)
+    _add_pipeline(subparsers)
     return parser
 
 
@@ -181,6 +183,87 @@ def _run_serve(args: argparse.Namespace) -> int:
         default_timeout=args.timeout,
     )
     return run(args.model, args.host, args.port, options, acceptors)
+
+
+# --- pipeline --------------------------------------------------------------------------------------------
+
+
+def _add_pipeline(subparsers) -> None:
+    from otpserve.pipelines.command import KINDS, PipelineCommand
+
+    d = PipelineCommand(kind="matmul", redis="", stream="")
+    p = subparsers.add_parser(
+        "pipeline",
+        help="run a pipeline (matmul or infer) on a Redis Stream: acked, retried, dead-lettered, exactly once",
+        description="Consume NAME through a consumer group, write each result to NAME:results and each "
+        "message that cannot succeed to NAME:dead (with its reason and attempts). Several processes, on one "
+        "or more machines, share the stream through the group. SIGINT/SIGTERM drain and stop.",
+    )
+    p.add_argument("kind", choices=KINDS, metavar="KIND", help="matmul (a, b -> c) or infer (x -> y, the MLP)")
+    p.add_argument("--redis", required=True, metavar="URL", help="e.g. redis://127.0.0.1:6379/0")
+    p.add_argument("--stream", required=True, metavar="NAME", help="the input stream")
+    p.add_argument("--group", default=d.group, help=f"consumer group (default {d.group})")
+    p.add_argument(
+        "--consumer", default=None, help="consumer name (default: <host>-<slot>, stable across restarts of a slot)"
+    )
+    p.add_argument("--model", type=Path, default=None, help="infer: artifact folder (default: the default model)")
+    p.add_argument("--metrics-port", type=int, default=None, metavar="P", help="serve /metrics on 127.0.0.1:P")
+    p.add_argument("--batch-size", type=_positive_int, default=d.batch_size, help=f"default {d.batch_size}")
+    p.add_argument("--batch-timeout", type=float, default=d.batch_timeout, help=f"seconds, default {d.batch_timeout}")
+    p.add_argument(
+        "--processors", type=_positive_int, default=None, help="processor stages (default 2 matmul, 1 infer)"
+    )
+    p.add_argument("--max-attempts", type=_positive_int, default=d.max_attempts, help=f"default {d.max_attempts}")
+    p.add_argument(
+        "--claim-idle",
+        type=float,
+        default=d.claim_idle,
+        help=f"seconds before a dead consumer's entries are reclaimed (default {d.claim_idle:g})",
+    )
+    p.add_argument(
+        "--shutdown", type=float, default=d.shutdown, help=f"seconds to drain at stop (default {d.shutdown:g})"
+    )
+    p.add_argument("--durable", action="store_true", help="refuse to start unless Redis persists acks (AOF on)")
+    p.add_argument("--no-progress", action="store_true", help="no live progress line")
+    p.set_defaults(handler=_run_pipeline)
+
+
+def _run_pipeline(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from otpserve.pipelines.command import PipelineCommand, run
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cmd = PipelineCommand(
+        kind=args.kind,
+        redis=args.redis,
+        stream=args.stream,
+        group=args.group,
+        consumer=args.consumer,
+        model=args.model,
+        metrics_port=args.metrics_port,
+        batch_size=args.batch_size,
+        batch_timeout=args.batch_timeout,
+        processors=args.processors,
+        max_attempts=args.max_attempts,
+        claim_idle=args.claim_idle,
+        shutdown=args.shutdown,
+        durable=args.durable,
+        progress=False if args.no_progress else None,
+    )
+    try:
+        return asyncio.run(run(cmd))
+    except Exception as exc:
+        root = exc
+        while root.__cause__ is not None:  # a supervisor's ChildStartError wraps what went wrong
+            root = root.__cause__
+        from redis.exceptions import RedisError
+
+        if isinstance(root, (RedisError, OtpserveError, OSError, ValueError)):
+            print(f"otpserve pipeline: error: {type(root).__name__}: {root} (redis {args.redis})", file=sys.stderr)
+            return 1
+        raise
 
 
 if __name__ == "__main__":

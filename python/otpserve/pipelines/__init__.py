@@ -1,0 +1,1 @@
+"""The pipelines ``otpserve pipeline KIND`` runs: ``matmul`` (the reference exercise) and ``infer``."""
