@@ -71,7 +71,18 @@ def start_pipeline(url: str, stream: str, log: Path) -> subprocess.Popen:
     """``otpserve pipeline matmul`` in its own session (so its whole group can be killed)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
-        [*OTPSERVE, "pipeline", "matmul", "--redis", url, "--stream", stream, "--no-progress", "--batch-timeout", "0.01"],
+        [
+            *OTPSERVE,
+            "pipeline",
+            "matmul",
+            "--redis",
+            url,
+            "--stream",
+            stream,
+            "--no-progress",
+            "--batch-timeout",
+            "0.01",
+        ],
         cwd=ROOT,
         env=env,
         stdout=log.open("ab"),

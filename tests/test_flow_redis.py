@@ -101,7 +101,7 @@ def test_a_value_error_goes_to_the_dead_letters_at_once_with_reason_attempts_and
 def test_a_transient_failure_is_retried_with_backoff_and_its_attempts_come_from_the_delivery_count(
     redis_client, redis_server
 ):
-    (eid,) = add(redis_client, [7])
+    add(redis_client, [7])
 
     async def main():
         retry = RetryPolicy(max_attempts=5, backoff_initial=0.1, backoff_max=0.2)
@@ -257,7 +257,7 @@ def test_stop_drains_in_flight_messages_and_leaves_nothing_pending(redis_client,
 def test_what_a_drain_could_not_finish_stays_pending_and_is_redelivered_to_the_same_consumer(
     redis_client, redis_server
 ):
-    (eid,) = add(redis_client, [99])
+    add(redis_client, [99])
 
     async def main():
         p = pipeline(redis_server.url, consumer="c1", context={"slow": 30.0})

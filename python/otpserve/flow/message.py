@@ -82,6 +82,13 @@ class Message:
 def ack_messages(successful: Iterable[Message], failed: Iterable[Message]) -> list[Awaitable[None]]:
     """Ack messages grouped by acknowledger and ack_ref (Broadway.Acknowledger.ack_messages); returns what
     the acknowledgers gave back to await."""
+    successful, failed = list(successful), list(failed)
+    if successful or failed:
+        # The common case, one acknowledger for all (one broker connection): no grouping needed.
+        first = (successful or failed)[0].acknowledger
+        if all(m.acknowledger is first for m in successful) and all(m.acknowledger is first for m in failed):
+            result = first[0].ack(first[1], successful, failed)
+            return [result] if result is not None else []
     groups: dict[tuple[int, Any], tuple[Acknowledger, list[Message], list[Message]]] = {}
     for index, messages in ((0, successful), (1, failed)):
         for message in messages:

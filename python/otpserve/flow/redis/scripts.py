@@ -32,6 +32,18 @@ end
 return out
 """
 
+# Plain acks, the ids joined by spaces in one argument: redis-py encodes every argument of a command in Python
+# (~1 us each, measured 16 % of a trivial pipeline's time with one argument per id); one string is one.
+ACK_JOINED = """
+local ids = {}
+for id in string.gmatch(ARGV[2], '%S+') do ids[#ids + 1] = id end
+local acked = 0
+for i = 1, #ids, 1000 do
+  acked = acked + redis.call('XACK', KEYS[1], ARGV[1], unpack(ids, i, math.min(i + 999, #ids)))
+end
+return acked
+"""
+
 RENEW = """
 local stream, group, me = KEYS[1], ARGV[1], ARGV[2]
 local lost = {}

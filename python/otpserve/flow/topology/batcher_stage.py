@@ -81,19 +81,21 @@ class BatcherStage(GenStage):
         """Add messages to their open batches; return the batches that are full."""
         started = time.monotonic()
         out: list[Batch] = []
-        size = self.batch_size
+        size, partition_by, concurrency = self.batch_size, self.partition_by, self.concurrency
+        key: Any = None
+        batch: list[Message] | None = None
         for message in events:
-            partition = None
-            if self.partition_by is not None:
-                partition = int(self.partition_by(message)) % self.concurrency
-            key = (message.batch_key, partition)
-            batch = self._open.get(key)
-            if batch is None:
-                batch = self._open[key] = []
-                self._arm(key)
+            partition = None if partition_by is None else int(partition_by(message)) % concurrency
+            if batch is None or key[0] != message.batch_key or key[1] != partition:
+                key = (message.batch_key, partition)  # look the open batch up only when the key changes
+                batch = self._open.get(key)
+                if batch is None:
+                    batch = self._open[key] = []
+                    self._arm(key)
             batch.append(message)
             if len(batch) >= size or message.metadata.get("batch_mode") == "flush":
                 out.append(self._cut(key, "flush"))
+                batch = None
         if self._flushing:
             out += [self._cut(key, "shutdown") for key in list(self._open)]
         if telemetry.attached(STOP):

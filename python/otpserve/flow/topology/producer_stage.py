@@ -51,7 +51,13 @@ class ProducerStage(GenStage):
         """For the producer: hand out messages it got after ``handle_demand`` returned."""
         self.push(messages)
 
+    def crash(self, exc: BaseException) -> None:
+        """For the producer's own tasks: a failure there crashes this stage (and its supervisor restarts it)."""
+        self._send_system(("crash", exc))
+
     async def _handle_system(self, message: Any) -> Any:
+        if message[0] == "crash":
+            raise message[1]
         if message[0] == "push":
             self._emit(self._limit(message[1]))
             return None
