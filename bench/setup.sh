@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Everything bench/serve.py needs beyond scripts/setup.sh: wrk (Debian), the open-loop generator
-# bench/loadgen (for the overload run, which wrk can't pace), and the peers' venvs.
+# Everything the benchmarks need beyond scripts/setup.sh: Celery (the lock's bench extra, for bench/pipeline.py),
+# wrk (Debian), the open-loop generator bench/loadgen (for the overload run, which wrk can't pace), and the
+# peers' venvs (bench/serve.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The lock's bench extra (Celery, for bench/pipeline.py), added to .venv without removing the rest.
+uv sync --frozen --extra bench --inexact --quiet
 cargo build --release --quiet --manifest-path bench/loadgen/Cargo.toml
 if ! command -v wrk >/dev/null; then
     [ "$(id -u)" = 0 ] || { echo "bench/setup.sh: wrk is missing; install it (apt-get install wrk)" >&2; exit 1; }

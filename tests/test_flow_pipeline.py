@@ -318,3 +318,13 @@ def test_stop_drains_in_flight_messages_through_the_batchers_before_stopping():
         assert sorted(m.data for m in ack.successful) == list(range(25))
 
     arun(main())
+
+
+def test_the_options_table_in_docs_is_the_schemas_own():
+    from pathlib import Path
+
+    from otpserve.flow.options import docs
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "flow.md").read_text()
+    table = text.split("<!-- options:start -->\n", 1)[1].split("<!-- options:end -->", 1)[0]
+    assert table == docs()

@@ -229,8 +229,9 @@ def _add_pipeline(subparsers) -> None:
 
 
 def _run_pipeline(args: argparse.Namespace) -> int:
-    import asyncio
     import logging
+
+    import uvloop
 
     from otpserve.pipelines.command import PipelineCommand, run
 
@@ -253,7 +254,7 @@ def _run_pipeline(args: argparse.Namespace) -> int:
         progress=False if args.no_progress else None,
     )
     try:
-        return asyncio.run(run(cmd))
+        return uvloop.run(run(cmd))  # the serve command's loop too
     except Exception as exc:
         root = exc
         while root.__cause__ is not None:  # a supervisor's ChildStartError wraps what went wrong

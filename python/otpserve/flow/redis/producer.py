@@ -625,11 +625,9 @@ class RedisStreamProducer(Producer):
             joined = " ".join([eid for _, eid, _ in records])
             acked = await self._ack_joined(keys=[self.stream], args=[self.group, joined])
             return [1] * int(acked) + [0] * (len(records) - int(acked))
-        args: list[Any] = [self.group]
-        for kind, eid, flat in records:
-            args += [kind, eid, len(flat) // 2, *flat]
         keys = [self.stream, self.results_stream or f"{self.stream}:results", self.dead_letter_stream]
-        return [int(x) for x in await self._ack_script(keys=keys, args=args)]
+        reply = await self._ack_script(keys=keys, args=[self.group, scripts.pack_records(records)])
+        return [int(x) for x in reply]
 
     # ---- the janitor: leases, retention, numbers -----------------------------------------------------
 
