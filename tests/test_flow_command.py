@@ -131,3 +131,41 @@ def test_an_unknown_kind_is_refused_by_the_parser(kind):
         cwd=ROOT, capture_output=True, timeout=60,
     )  # fmt: skip
     assert proc.returncode == 2 and b"invalid choice: 'nope'" in proc.stderr
+
+
+def test_infer_answers_logits_for_json_and_float32_rows_and_dead_letters_a_wrong_width(
+    redis_server, redis_client, tmp_path
+):
+    import numpy as np
+    from otpserve.models import MLP
+
+    rng = np.random.default_rng(0)
+    w1, b1 = rng.standard_normal((784, 16)).astype(np.float32), rng.standard_normal(16).astype(np.float32)
+    w2, b2 = rng.standard_normal((16, 10)).astype(np.float32), rng.standard_normal(10).astype(np.float32)
+    model = MLP([(w1, b1), (w2, b2)])
+    model.save(tmp_path / "mlp")
+    x = rng.standard_normal((3, 784)).astype(np.float32)
+    as_json = redis_client.xadd("d", {"x": orjson.dumps(x[0].tolist())}).decode()
+    as_f32 = redis_client.xadd("d", {"x_f32": x[1].astype("<f4").tobytes()}).decode()
+    short = redis_client.xadd("d", {"x_f32": x[2, :10].tobytes()}).decode()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "otpserve.cli", "pipeline", "infer", "--redis", redis_server.url, "--stream", "d",
+         "--model", str(tmp_path / "mlp"), "--no-progress", "--batch-timeout", "0.01"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: redis_client.xlen("d:results") + redis_client.xlen("d:dead") == 3, timeout=60)
+        got = {f[b"id"].decode(): np.asarray(orjson.loads(f[b"y"])) for _, f in redis_client.xrange("d:results")}
+        want = model.predict(x[:2])
+        assert np.allclose(got[as_json], want[0], rtol=1e-5, atol=1e-5)
+        assert np.allclose(got[as_f32], want[1], rtol=1e-5, atol=1e-5)
+        (dead,) = [f for _, f in redis_client.xrange("d:dead")]
+        assert dead[b"id"].decode() == short
+        assert dead[b"reason"] == b"ValueError: x_f32 has 40 bytes; the model takes 784 float32 values (3136 bytes)"
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out.decode()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

@@ -16,7 +16,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from otpserve import telemetry
-from otpserve.flow.dispatchers import PartitionDispatcher
+from otpserve.flow.dispatchers import DemandDispatcher, Dispatcher, PartitionDispatcher
 from otpserve.flow.genstage import Consumer, GenStage, ProducerConsumer
 from otpserve.flow.message import Message, ack_messages
 from otpserve.flow.topology.callbacks import await_all, call_handle_failed, run_handlers
@@ -59,9 +59,12 @@ class ProcessorStage(GenStage):
         topology.processor_started(self)
         if not self.batchers:
             return Consumer(subscribe_to=subscribe_to)
-        return ProducerConsumer(
-            subscribe_to=subscribe_to, dispatcher=PartitionDispatcher(self.batchers, lambda m: m.batcher)
+        # One batcher is every message's batcher (run_handlers fails a message sent anywhere else): a Demand
+        # dispatcher is then the same routing without a hash per message.
+        dispatcher: Dispatcher = (
+            DemandDispatcher() if len(self.batchers) == 1 else PartitionDispatcher(self.batchers, lambda m: m.batcher)
         )
+        return ProducerConsumer(subscribe_to=subscribe_to, dispatcher=dispatcher)
 
     async def handle_events(self, events: list[Message], from_: int) -> list[Message] | None:
         """Run the handlers; ack failures now, and successes too when there are no batchers."""
