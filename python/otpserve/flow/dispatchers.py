@@ -50,8 +50,8 @@ class Dispatcher:
         raise NotImplementedError
 
 
-class DemandDispatcher(Dispatcher):
-    """Each event to one consumer: the one with the most outstanding demand first (GenStage's default)."""
+class _DemandPerConsumer(Dispatcher):
+    """The books of dispatchers that keep one demand count per consumer."""
 
     def __init__(self) -> None:
         self._demand: dict[Ref, int] = {}
@@ -70,13 +70,17 @@ class DemandDispatcher(Dispatcher):
         if ref in self._demand:
             self._demand[ref] += n
 
-    def wanted(self) -> int:
-        """The sum of every consumer's demand."""
-        return sum(self._demand.values())
-
     def refs(self) -> list[Ref]:
         """The subscribed consumers."""
         return list(self._demand)
+
+
+class DemandDispatcher(_DemandPerConsumer):
+    """Each event to one consumer: the one with the most outstanding demand first (GenStage's default)."""
+
+    def wanted(self) -> int:
+        """The sum of every consumer's demand."""
+        return sum(self._demand.values())
 
     def dispatch(self, events: Sequence[Any]) -> tuple[list[tuple[Ref, list[Any]]], list[Any]]:
         """Fill the hungriest consumers first, each with a contiguous slice."""
@@ -85,9 +89,7 @@ class DemandDispatcher(Dispatcher):
         if n == 0:
             return out, []
         for ref, demand in sorted(self._demand.items(), key=lambda kv: -kv[1]):
-            if i >= n:
-                break
-            if demand <= 0:
+            if i >= n or demand <= 0:
                 break
             take = min(demand, n - i)
             out.append((ref, list(events[i : i + take])))
@@ -96,33 +98,12 @@ class DemandDispatcher(Dispatcher):
         return out, list(events[i:])
 
 
-class BroadcastDispatcher(Dispatcher):
+class BroadcastDispatcher(_DemandPerConsumer):
     """Every event to every consumer; the stage may hand out as many as its slowest consumer asked for."""
-
-    def __init__(self) -> None:
-        self._demand: dict[Ref, int] = {}
-
-    def subscribe(self, ref: Ref, opts: dict[str, Any]) -> None:
-        """Add the consumer; until it asks, nothing can be broadcast."""
-        self._demand[ref] = 0
-
-    def cancel(self, ref: Ref) -> list[Any]:
-        """Forget the consumer."""
-        self._demand.pop(ref, None)
-        return []
-
-    def ask(self, ref: Ref, n: int) -> None:
-        """Add to the consumer's demand."""
-        if ref in self._demand:
-            self._demand[ref] += n
 
     def wanted(self) -> int:
         """The smallest demand of any consumer (0 without consumers)."""
         return min(self._demand.values(), default=0)
-
-    def refs(self) -> list[Ref]:
-        """The subscribed consumers."""
-        return list(self._demand)
 
     def dispatch(self, events: Sequence[Any]) -> tuple[list[tuple[Ref, list[Any]]], list[Any]]:
         """The same first ``wanted()`` events to everyone; the rest wait."""

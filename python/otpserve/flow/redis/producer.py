@@ -330,13 +330,8 @@ class RedisStreamProducer(Producer):
             try:
                 got = await self._fetch(want)
                 backoff = 0.05
-            except asyncio.CancelledError:
-                raise
             except TRANSIENT as exc:
-                self.redis_errors.inc(labels=(("command", "read"),))
-                log.warning("%s: reading %s failed (%s); retrying in %.2f s", self.consumer, self.stream, exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(2.0, backoff * 2)
+                backoff = await self._wait_out("read", f"reading {self.stream}", exc, backoff)
                 continue
             except ResponseError as exc:
                 if "NOGROUP" in str(exc):  # the stream or group was deleted (or Redis lost its data): recreate
@@ -347,6 +342,13 @@ class RedisStreamProducer(Producer):
                 raise
             if got:
                 self._emit(got)
+
+    async def _wait_out(self, command: str, doing: str, exc: BaseException, backoff: float) -> float:
+        """Redis is away (restarting, loading, a dropped connection): count it, log it, wait; the next wait."""
+        self.redis_errors.inc(labels=(("command", command),))
+        log.warning("%s: %s failed (%s); retrying in %.2f s", self.consumer, doing, exc, backoff)
+        await asyncio.sleep(backoff)
+        return min(2.0, backoff * 2)
 
     def _emit(self, messages: list[Message]) -> None:
         self._demand -= len(messages)
@@ -599,15 +601,8 @@ class RedisStreamProducer(Producer):
             try:
                 acked = await self._write(records)
                 backoff = 0.05
-            except asyncio.CancelledError:
-                raise
             except TRANSIENT as exc:
-                self.redis_errors.inc(labels=(("command", "ack"),))
-                log.warning(
-                    "%s: acking %d entries failed (%s); retrying in %.2f s", self.consumer, len(records), exc, backoff
-                )
-                await asyncio.sleep(backoff)
-                backoff = min(2.0, backoff * 2)
+                backoff = await self._wait_out("ack", f"acking {len(records)} entries", exc, backoff)
                 continue
             except Exception as exc:
                 log.exception("%s: acking failed for good; the entries stay pending", self.consumer)
