@@ -290,3 +290,52 @@ def test_a_redis_restart_mid_run_loses_nothing_and_duplicates_nothing(redis_clie
         fresh.close()
 
     arun(main())
+
+
+def test_a_field_name_that_is_not_utf8_does_not_crash_the_consumer(redis_client, redis_server):
+    redis_client.xadd("jobs", {b"\xff\xfe": b"1", "x": 3})
+    add(redis_client, [4])
+
+    async def main():
+        async with pipeline(redis_server.url) as p:
+            await until(lambda: redis_client.xlen("jobs:results") == 2)
+            assert p.producers()[0].stats()["acked"] == 2
+
+    arun(main())
+
+
+def test_acks_given_to_a_stopped_producer_return_at_once_and_leave_the_entries_pending(redis_client, redis_server):
+    add(redis_client, [99])
+
+    async def main():
+        async with pipeline(redis_server.url, context={"slow": 0.5}) as p:
+            await until(lambda: redis_client.xpending("jobs", "otpserve")["pending"] == 1)
+            producer = p.producers()[0]
+            (held,) = producer._held.values()
+            await producer.stop()  # as when its stage is restarted under the messages still in flight
+            assert producer.ack(None, [held.message], []) is None
+        assert redis_client.xpending("jobs", "otpserve")["pending"] == 1
+
+    arun(main())
+
+
+def test_a_claim_that_fails_keeps_its_entries_due_instead_of_stranding_them(redis_client, redis_server):
+    add(redis_client, [7])
+
+    async def main():
+        retry = RetryPolicy(max_attempts=5, backoff_initial=0.05, backoff_max=0.05)
+        async with pipeline(redis_server.url, context={"flaky": 1}, retry=retry) as p:
+            producer = p.producers()[0]
+            real, failures = producer.redis.xclaim, []
+
+            async def flaky_xclaim(*args, **kwargs):
+                if not failures:
+                    failures.append(1)
+                    raise redis.ConnectionError("Redis went away mid-claim")
+                return await real(*args, **kwargs)
+
+            producer.redis.xclaim = flaky_xclaim
+            await until(lambda: redis_client.xlen("jobs:results") == 1)
+            assert failures == [1]
+
+    arun(main())

@@ -180,6 +180,7 @@ class RedisStreamProducer(Producer):
         self._tasks: list[asyncio.Task[None]] = []
         self._fetchers: list[asyncio.Task[None]] = []
         self._draining = False
+        self._stopped = False
         self._recovering = True  # own pending entries first
         self._recover_from = "-"
         self._claim_cursor = "0-0"
@@ -281,6 +282,7 @@ class RedisStreamProducer(Producer):
     async def stop(self) -> None:
         """Flush the acks still queued (briefly), stop the tasks, close the connection."""
         self._draining = True
+        self._stopped = True
         acks, janitor = self._tasks[-2:] if self._tasks else (None, None)
         for task in (*self._fetchers, janitor):
             if task is not None:
@@ -412,9 +414,13 @@ class RedisStreamProducer(Producer):
                 continue  # trimmed or deleted meanwhile: nothing to process
             eid = raw_id.decode()
             if isinstance(raw_fields, list):  # XREADGROUP's raw reply: k1, v1, k2, v2, ...
-                fields = {raw_fields[i].decode(): raw_fields[i + 1] for i in range(0, len(raw_fields), 2)}
+                # Field names from any producer: one that is not UTF-8 must not crash every consumer.
+                fields = {
+                    raw_fields[i].decode(errors="backslashreplace"): raw_fields[i + 1]
+                    for i in range(0, len(raw_fields), 2)
+                }
             else:
-                fields = {k.decode(): v for k, v in raw_fields.items()}
+                fields = {k.decode(errors="backslashreplace"): v for k, v in raw_fields.items()}
             attempt = attempts.get(eid, 1) if attempts else 1
             message = Message(
                 fields, acknowledger, {"id": eid, "stream": stream, "attempt": attempt, "consumer": consumer}
@@ -442,7 +448,12 @@ class RedisStreamProducer(Producer):
     async def _claim_again(self, ids: list[str], how: str) -> list[Message]:
         """XCLAIM our own entries again: Redis counts a delivery, and hands back the entry."""
         attempts = {eid: self._held[eid].message.metadata["attempt"] + 1 for eid in ids if eid in self._held}
-        entries = await self.redis.xclaim(self.stream, self.group, self.consumer, 0, ids)
+        try:
+            entries = await self.redis.xclaim(self.stream, self.group, self.consumer, 0, ids)
+        except BaseException:
+            # Not claimed (Redis away, a drain): keep them due, or their renewed leases would strand them.
+            self._lost[:0] = [eid for eid in ids if eid in self._held]
+            raise
         found = {(e[0].decode() if isinstance(e[0], bytes) else e[0]) for e in entries}
         for eid in ids:
             if eid not in found:  # acked meanwhile by a consumer that had claimed it, or deleted
@@ -460,9 +471,10 @@ class RedisStreamProducer(Producer):
             self._recovering = False
             return None
         ids = [_text(r["message_id"]) for r in rows]
-        self._recover_from = "(" + ids[-1]
+        last = ids[-1]
         attempts = {_text(r["message_id"]): int(r["times_delivered"]) + 1 for r in rows}
         entries = await self.redis.xclaim(self.stream, self.group, self.consumer, 0, ids)
+        self._recover_from = "(" + last  # only past what was really taken back
         self.fetched.inc(len(entries), labels=(("how", "own_pending"),))
         if entries:
             log.info("%s: took back %d entries pending from an earlier run", self.consumer, len(entries))
@@ -498,6 +510,10 @@ class RedisStreamProducer(Producer):
 
     def ack(self, ack_ref: Any, successful: list[Message], failed: list[Message]) -> asyncio.Future[Any] | None:
         """Results and acks for the successful; for the failed, a retry later or a dead letter now."""
+        if self._stopped:
+            # This producer's stage was restarted: nobody writes its acks any more. The entries stay pending
+            # under the same consumer name, and its successor takes them back.
+            return None
         if self.results_stream is None:
             records: list[tuple[str, str, list[Any]]] = [("a", m.metadata["id"], []) for m in successful]
         else:
@@ -605,7 +621,9 @@ class RedisStreamProducer(Producer):
                 backoff = await self._wait_out("ack", f"acking {len(records)} entries", exc, backoff)
                 continue
             except Exception as exc:
-                log.exception("%s: acking failed for good; the entries stay pending", self.consumer)
+                log.exception("%s: acking failed; the entries are handed out again", self.consumer)
+                self._lost.extend(eid for b in batches for _, eid, _ in b.records)
+                self._wake.set()
                 for b in batches:
                     self._acks.remove(b)
                     if not b.future.done():
