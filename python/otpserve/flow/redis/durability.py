@@ -1,4 +1,4 @@
-"""What a Redis restart can lose, read from the server at start (PIPELINES.md §2.1).
+"""What a Redis restart can lose, read from the server at start (the project's shared PIPELINES.md, §2.1).
 
 With ``appendonly no`` (Redis's default) a crash of redis-server loses every XACK since the last RDB
 snapshot: the group comes back behind, and that many messages are delivered again. With AOF and

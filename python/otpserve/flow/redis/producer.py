@@ -1,6 +1,6 @@
 """RedisStreamProducer: a pipeline fed by a Redis Stream through a consumer group, acked after success.
 
-What it guarantees (PIPELINES.md has the Redis facts behind each line):
+What it guarantees (the project's shared PIPELINES.md has the Redis facts behind each line):
 
 - **At least once in, exactly once out.** A message is XACKed only after its batch succeeded. Its result
   (``results_stream``) or dead letter is written by the same server-side script that acks it, and only if
