@@ -42,7 +42,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections import deque
-from collections.abc import Hashable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -456,12 +456,3 @@ async def _maybe(value: Any) -> Any:
     if hasattr(value, "__await__"):
         return await value
     return value
-
-
-def partition_of(key: Hashable, partitions: int) -> int:
-    """A stable partition for ``key`` among ``partitions`` (Python's ``hash`` of str is salted per process)."""
-    if isinstance(key, int):
-        return key % partitions
-    import zlib
-
-    return zlib.crc32(repr(key).encode()) % partitions

@@ -269,9 +269,8 @@ class GenServer:
         if self._task is None:
             return self._exit or ExitReason.normal()
         await asyncio.wait({self._task})
-        if self._task.cancelled():  # cancelled before its first step ran
-            self._finish(ExitReason.killed())
-            return ExitReason.killed()
+        if self._task.cancelled():  # cancelled before its first step ran: _on_task_done recorded it
+            return self._exit or ExitReason.killed()
         return self._task.result()
 
     # ---- the server loop ------------------------------------------------------------------------

@@ -65,7 +65,6 @@ class BatcherStage(GenStage):
         self.concurrency = opts["concurrency"]
         self._open: dict[Any, list[Message]] = {}  # (batch_key, partition) -> messages of the open batch
         self._timers: dict[Any, asyncio.TimerHandle] = {}
-        self._generation: dict[Any, int] = {}
         self._flushing = False
         sub = {"max_demand": opts["max_demand"], "min_demand": opts["max_demand"] // 2, "cancel": "temporary"}
         subscribe_to = [(p, {**sub, "partition": batcher}) for p in topology.processors]
@@ -91,7 +90,7 @@ class BatcherStage(GenStage):
                 batch = self._open.get(key)
                 if batch is None:
                     batch = self._open[key] = []
-                    self._arm(key)
+                    self._arm(key, batch)
             batch.append(message)
             if len(batch) >= size or message.metadata.get("batch_mode") == "flush":
                 out.append(self._cut(key, "flush"))
@@ -111,11 +110,9 @@ class BatcherStage(GenStage):
             )
         return out
 
-    def _arm(self, key: Any) -> None:
-        generation = self._generation.get(key, 0) + 1
-        self._generation[key] = generation
+    def _arm(self, key: Any, batch: list[Message]) -> None:
         loop = asyncio.get_running_loop()
-        self._timers[key] = loop.call_later(self.batch_timeout, self.send, ("timeout", key, generation))
+        self._timers[key] = loop.call_later(self.batch_timeout, self.send, ("timeout", key, batch))
 
     def _cut(self, key: Any, trigger: str) -> Batch:
         messages = self._open.pop(key)
@@ -126,10 +123,11 @@ class BatcherStage(GenStage):
         return Batch(messages, BatchInfo(self.batcher, batch_key, partition, len(messages), trigger))
 
     async def handle_info(self, message: Any) -> list[Batch] | None:
-        """``("timeout", key, generation)``: the batch's time is up; cut it (if it is still that batch)."""
+        """``("timeout", key, batch)``: the batch's time is up; cut it (if it is still the open one: a timeout
+        posted just before its batch filled up must not cut the next batch early)."""
         if isinstance(message, tuple) and message[0] == "timeout":
-            _, key, generation = message
-            if key in self._open and self._generation.get(key) == generation:
+            _, key, batch = message
+            if self._open.get(key) is batch:
                 return [self._cut(key, "timeout")]
             return None
         return await super().handle_info(message)
