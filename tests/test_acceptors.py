@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _procs import alive, by_kind, descendants
 from otpserve.metrics import merge_expositions
 from otpserve.models import MLP
 
@@ -60,24 +61,6 @@ def get(url: str, body: bytes | None = None) -> tuple[int, bytes]:
         return 0, b""
 
 
-def descendants(pid: int) -> set[int]:
-    out = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True).stdout.split()
-    parent = dict(zip(map(int, out[0::2]), map(int, out[1::2]), strict=True))
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {p for p, pp in parent.items() if pp in frontier} - found
-        found |= frontier
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 @pytest.mark.timeout(180)
 def test_acceptors_share_the_port_survive_a_killed_acceptor_and_stop_without_orphans(tmp_path: Path):
     rng = np.random.default_rng(0)
@@ -92,7 +75,7 @@ def test_acceptors_share_the_port_survive_a_killed_acceptor_and_stop_without_orp
         line = server.stdout.readline()
         assert "2 acceptor processes" in line, line
         assert get(f"{base}/v2/models/mlp/infer", body)[0] == 200
-        acceptors = [p for p in descendants(server.pid) if _is_acceptor(p, server.pid)]
+        acceptors = by_kind(server.pid)["acceptor"]
         assert len(acceptors) == 2, acceptors
         deadline = time.monotonic() + 10
         while b'otpserve_workers_alive{model="mlp"} 2' not in get(f"{base}/metrics")[1]:
@@ -103,7 +86,7 @@ def test_acceptors_share_the_port_survive_a_killed_acceptor_and_stop_without_orp
         statuses = [get(f"{base}/v2/models/mlp/infer", body)[0] for _ in range(20)]
         assert statuses.count(200) >= 15, statuses
         deadline = time.monotonic() + 30
-        while len([p for p in descendants(server.pid) if _is_acceptor(p, server.pid)]) < 2:
+        while len(by_kind(server.pid).get("acceptor", [])) < 2:
             assert time.monotonic() < deadline, "the killed acceptor was not restarted"
             time.sleep(0.2)
     finally:
@@ -114,17 +97,3 @@ def test_acceptors_share_the_port_survive_a_killed_acceptor_and_stop_without_orp
     while any(alive(p) for p in everything):
         assert time.monotonic() < deadline, f"left behind: {[p for p in everything if alive(p)]}"
         time.sleep(0.1)
-
-
-def _is_acceptor(pid: int, server_pid: int) -> bool:
-    """An acceptor is a forked child of the server's fork server that runs its own fork server."""
-    try:
-        ppid = int(Path(f"/proc/{pid}/stat").read_text().split()[3])
-        grandparent = int(Path(f"/proc/{ppid}/stat").read_text().split()[3])
-    except (OSError, ValueError, IndexError):
-        return False
-    return grandparent == server_pid and any(
-        "forkserver" in Path(f"/proc/{c}/cmdline").read_text(errors="replace")
-        for c in descendants(pid)
-        if Path(f"/proc/{c}/cmdline").exists()
-    )

@@ -252,7 +252,7 @@ def descendants(root):
     return sorted(found)
 
 
-@pytest.mark.parametrize("method", ["forkserver", "spawn"])
+@pytest.mark.parametrize("method", ["zygote", "spawn"])
 def test_children_do_not_outlive_a_supervisor_process_killed_by_sigkill(method):
     script = ORPHAN_SCRIPT.format(tests_dir=str(TESTS_DIR), method=method)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)

@@ -151,7 +151,10 @@ async def serve_acceptors(
     BEAM runs one scheduler per core); the kernel spreads connections over them. Each is a complete server,
     so one that crashes is restarted while the others keep answering; /metrics on any answers for all."""
     from otpserve.otp import ChildSpec, Supervisor
+    from otpserve.otp.zygote import set_zygote_preload
 
+    # Acceptors fork from a zygote that has the whole server imported: a restart takes milliseconds.
+    set_zygote_preload(["otpserve.app", "uvloop"])
     path = ensure_model(model_path)
     model = MLP.load(path)  # a broken artifact fails here, once, with one clear error
     _check_port_free(host, port)

@@ -85,5 +85,9 @@ class WorkerCrashed(OtpserveError):
     """The worker running a batch died (exception, segfault, OOM kill) and the batch could not be re-run."""
 
 
+class BatchHung(OtpserveError, TimeoutError):
+    """A batch ran past ``batch_deadline`` twice, killing a worker each time; not retried again (HTTP 503)."""
+
+
 class ServingStopped(OtpserveError):
     """The serving is shutting down or stopped and takes no new requests."""

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from otpserve.errors import DeadlineExceeded, Overloaded, ServingStopped, ShapeError, WorkerCrashed
+from otpserve.errors import BatchHung, DeadlineExceeded, Overloaded, ServingStopped, ShapeError, WorkerCrashed
 from otpserve.http.protocol import HttpConnection, Incoming, response_bytes
 from otpserve.http.v2 import (
     BadRequest,
@@ -181,7 +181,7 @@ class Router:
             return
         if isinstance(exc, DeadlineExceeded):
             status, extra = 504, b""
-        elif isinstance(exc, (WorkerCrashed, ServingStopped, Overloaded)):
+        elif isinstance(exc, (WorkerCrashed, BatchHung, ServingStopped, Overloaded)):
             status, extra = 503, RETRY_AFTER
         else:
             status, extra = 500, b""

@@ -28,7 +28,7 @@ from .errors import (
     ServerExited,
 )
 from .genserver import Caller, GenServer, NoReply, Stop
-from .process import ProcessChild, start_process
+from .process import PassFd, ProcessChild, start_process
 from .reason import ExitReason
 from .registry import registered, whereis
 from .restart import Backoff, RestartIntensity
@@ -53,6 +53,7 @@ __all__ = [
     "NoProc",
     "NoReply",
     "OTPError",
+    "PassFd",
     "ProcessChild",
     "RestartIntensity",
     "ServerExited",

@@ -92,9 +92,7 @@ class ChildSpec:
         return cls(id, start, **opts)
 
     @classmethod
-    def process(
-        cls, id: Any, target: Callable[..., Any], *args: Any, method: str = "forkserver", **opts: Any
-    ) -> ChildSpec:
+    def process(cls, id: Any, target: Callable[..., Any], *args: Any, method: str = "zygote", **opts: Any) -> ChildSpec:
         """A child that is an OS process running ``target(*args)`` (target and args must pickle)."""
         from .process import start_process
 

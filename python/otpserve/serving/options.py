@@ -42,8 +42,17 @@ class ServingOptions:
     shutdown: float = 30.0
     # Kernel threads inside each process worker; 1 keeps partitions from fighting over the cores.
     worker_threads: int = 1
-    # How worker processes are started; never "fork" (the server process has threads).
-    start_method: Literal["forkserver", "spawn"] = "forkserver"
+    # How worker processes are started; never "fork" (the server process has threads). "zygote": forked
+    # from a preloaded helper in ms, each still this process's own child; "spawn": a fresh interpreter.
+    start_method: Literal["zygote", "spawn"] = "zygote"
+    # Seconds a batch may run before its worker counts as hung: it is killed and restarted and the batch
+    # re-run once elsewhere (a second hang fails its callers with BatchHung, HTTP 503). The MLP runs a
+    # batch in well under a millisecond; 5 s leaves a model 1000x slower room, and a first batch its warm-up.
+    batch_deadline: float | None = 5.0
+    # Recycle a process worker after this many batches, or once its resident memory passes this many
+    # bytes (Celery's max-tasks-per-child, max-memory-per-child); its successor starts before it retires.
+    max_batches: int | None = None
+    max_rss: int | None = None
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ValueError:
@@ -63,8 +72,20 @@ class ServingOptions:
             raise bad("default_timeout", "must be None or a number of seconds > 0")
         if self.isolation not in ("thread", "process"):
             raise bad("isolation", "allowed values are 'thread' and 'process'")
-        if self.start_method not in ("forkserver", "spawn"):
-            raise bad("start_method", "allowed values are 'forkserver' and 'spawn'")
+        if self.start_method not in ("zygote", "spawn"):
+            raise bad("start_method", "allowed values are 'zygote' and 'spawn'")
+        if self.batch_deadline is not None and not (
+            isinstance(self.batch_deadline, (int, float))
+            and not isinstance(self.batch_deadline, bool)
+            and self.batch_deadline > 0
+        ):
+            raise bad("batch_deadline", "must be None or a number of seconds > 0")
+        for name in ("max_batches", "max_rss"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise bad(name, "must be None or an integer >= 1")
+        if (self.max_batches is not None or self.max_rss is not None) and self.isolation != "process":
+            raise bad("max_batches" if self.max_batches is not None else "max_rss", "needs isolation='process'")
 
     @classmethod
     def names(cls) -> list[str]:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from otpserve import telemetry
-from otpserve.errors import DeadlineExceeded, Overloaded, ServingStopped, ShapeError, WorkerCrashed
+from otpserve.errors import BatchHung, DeadlineExceeded, Overloaded, ServingStopped, ShapeError, WorkerCrashed
 from otpserve.metrics import BATCH_BUCKETS, LATENCY_BUCKETS, Counter, Gauge, Histogram, Registry
 from otpserve.otp import ChildSpec, Supervisor
 from otpserve.serving.batch_queue import DONE, Batch, BatchQueue, Request
@@ -57,6 +57,10 @@ class ServingMetrics:
         self.rows = r.add(Counter("otpserve_inference_rows_total", "Rows inferred (inference count)."))
         self.restarts = r.add(Counter("otpserve_worker_restarts_total", "Worker restarts by the supervisor."))
         self.reruns = r.add(Counter("otpserve_batch_reruns_total", "Batches re-run after their worker died."))
+        self.hangs = r.add(
+            Counter("otpserve_batch_hangs_total", "Batches that ran past batch_deadline (their worker was killed).")
+        )
+        self.recycles = r.add(Counter("otpserve_worker_recycles_total", "Workers replaced by a fresh one, by reason."))
         r.add(Gauge("otpserve_queue_depth", "Rows waiting for a batch.", lambda: serving.queue_depth))
         r.add(Gauge("otpserve_workers_alive", "Partitions able to run batches.", lambda: serving.workers_alive))
         r.add(Gauge("otpserve_workers", "Partitions configured.", lambda: len(serving.partitions)))
@@ -110,11 +114,19 @@ class Serving(Owner):
         for i in range(opts.partitions):
             if opts.isolation == "process":
                 part: Partition = ProcessPartition(
-                    i, self, self.layout, self.model, opts.worker_threads, opts.start_method
+                    i,
+                    self,
+                    self.layout,
+                    self.model,
+                    opts.worker_threads,
+                    opts.start_method,
+                    deadline=opts.batch_deadline,
+                    max_batches=opts.max_batches,
+                    max_rss=opts.max_rss,
                 )
                 spec = ChildSpec(id=f"partition-{i}", start=part.start, shutdown=opts.shutdown)
             else:
-                part = ThreadPartition(i, self, self.layout, self.model)
+                part = ThreadPartition(i, self, self.layout, self.model, opts.batch_deadline)
                 spec = ChildSpec.task(f"partition-{i}", part.serve, shutdown=opts.shutdown)
             self.partitions.append(part)
             children.append(spec)
@@ -442,10 +454,13 @@ class Serving(Owner):
             self._up.set()
         self._dispatch()
 
-    def partition_down(self, part: Partition, batch: Batch | None) -> None:
-        """A partition died: re-run the batch it held once on a live partition, or fail its callers."""
+    def partition_down(self, part: Partition, batch: Batch | None, hung: bool = False) -> None:
+        """A partition died (or hung and was killed): re-run the batch it held once on a live partition, or
+        fail its callers."""
         with contextlib.suppress(ValueError):
             self._free.remove(part)
+        if hung:
+            self.metrics.hangs.inc()
         if batch is None or not batch.live():
             self._check_idle()
             return
@@ -453,19 +468,31 @@ class Serving(Owner):
         if batch.attempts <= 1 and self._running:
             self.metrics.reruns.inc()
             log.warning(
-                "serving %s: partition %d died mid-batch; re-running its %d rows",
+                "serving %s: partition %d %s mid-batch; re-running its %d rows",
                 self.name,
                 part.index,
+                "hung" if hung else "died",
                 batch.rows,
             )
             self._retry.append(batch)
             self._dispatch()
         else:
-            err = WorkerCrashed(
-                f"serving {self.name!r}: the worker died running this batch twice "
-                f"({batch.rows} rows); not retried again"
-            )
+            err: Exception
+            if hung:
+                err = BatchHung(
+                    f"serving {self.name!r}: this batch ({batch.rows} rows) ran past batch_deadline="
+                    f"{self.options.batch_deadline:g}s on two workers; not retried again"
+                )
+            else:
+                err = WorkerCrashed(
+                    f"serving {self.name!r}: the worker died running this batch twice "
+                    f"({batch.rows} rows); not retried again"
+                )
             self.batch_done(part, batch, err)
+
+    def worker_recycled(self, part: Partition, why: str) -> None:
+        """A fresh worker took over from one past max_batches or max_rss."""
+        self.metrics.recycles.inc(labels=(("reason", why),))
 
     def _on_restart(self, event: tuple, measurements: dict, metadata: dict, config: Any) -> None:
         if metadata.get("supervisor") == self._supervisor_name:

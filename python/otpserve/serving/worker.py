@@ -4,8 +4,9 @@ The server process writes a batch's rows into the shared buffer and sends the ro
 worker runs the model on that view in place (zero-copy into the kernel), writes the outputs after the
 inputs in the same buffer and answers with one short message. Nothing but a few bytes is pickled per batch.
 
-Messages, worker -> server: ``R`` ready; ``O<float64>`` batch done, with the seconds the model took;
-``E<text>`` the model raised (the worker lives on).
+Messages, worker -> server: ``R`` ready; ``O<float64><int64>`` batch done, with the seconds the model
+took and the worker's resident memory in bytes (for ``max_rss``); ``E<text>`` the model raised (the worker
+lives on).
 Messages, server -> worker: the row count as 4 little-endian bytes. EOF on the pipe means the other side died.
 """
 
@@ -16,7 +17,6 @@ import os
 import struct
 import traceback
 from dataclasses import dataclass
-from multiprocessing import reduction
 from multiprocessing.connection import Connection
 from time import perf_counter
 from typing import Any
@@ -61,13 +61,22 @@ class BufferLayout:
         return inputs, outputs
 
 
-def open_shared(conn: Connection, size: int) -> mmap.mmap:
-    """Map the shared buffer whose descriptor the server sends over ``conn`` (an anonymous memfd)."""
-    fd = reduction.recv_handle(conn)
+def open_shared(fd: int, size: int) -> mmap.mmap:
+    """Map the shared buffer the server handed over at start (an anonymous memfd); the descriptor is closed."""
     try:
         return mmap.mmap(fd, size)
     finally:
         os.close(fd)
+
+
+def _rss_reader() -> Any:
+    """A function returning this process's resident memory in bytes (one pread of /proc/self/statm)."""
+    try:
+        fd = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return lambda: 0
+    page = os.sysconf("SC_PAGE_SIZE")
+    return lambda: int(os.pread(fd, 64, 0).split()[1]) * page
 
 
 def _predict(model: Any, batch: np.ndarray) -> np.ndarray:
@@ -82,16 +91,18 @@ def _timed_predict(model: Any, batch: np.ndarray) -> tuple[np.ndarray, float]:
     return y, perf_counter() - started
 
 
-def worker_main(model: Any, conn: Connection, layout: BufferLayout, threads: int) -> None:
-    """Serve batches until the pipe closes; any exception from the model is reported, not fatal."""
+def worker_main(model: Any, conn_fd: int, shm_fd: int, layout: BufferLayout, threads: int) -> None:
+    """Serve batches until the socket closes; any exception from the model is reported, not fatal."""
     try:
         from otpserve import kernel
 
         kernel.set_num_threads(threads)
     except (ImportError, AttributeError):  # a model without the kernel still runs
         pass
-    buf = open_shared(conn, layout.size)
+    conn = Connection(conn_fd)
+    buf = open_shared(shm_fd, layout.size)
     inputs, outputs = layout.views(buf)
+    rss = _rss_reader()
     conn.send_bytes(b"R")
     while True:
         try:
@@ -110,4 +121,5 @@ def worker_main(model: Any, conn: Connection, layout: BufferLayout, threads: int
             detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
             conn.send_bytes(b"E" + detail.encode("utf-8", "replace"))
             continue
-        conn.send_bytes(b"O" + struct.pack("<d", took))  # with the model's compute time, for load shedding
+        # The model's compute time is for load shedding; the memory for recycling.
+        conn.send_bytes(b"O" + struct.pack("<dq", took, rss()))

@@ -13,14 +13,14 @@ process isolation a handler sees its arguments and ``context``, not state set on
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import pickle
+import socket
 from multiprocessing.connection import Connection
 from typing import Any
 
 from otpserve.errors import WorkerCrashed
 from otpserve.flow.message import Message
-from otpserve.otp.process import ProcessChild, start_process
+from otpserve.otp.process import PassFd, ProcessChild, start_process
 
 
 class _NoAck:
@@ -37,10 +37,11 @@ def _portable(reason: Any) -> Any:
         return RuntimeError(f"{type(reason).__name__}: {reason}")
 
 
-def worker_main(pipeline_class: type, context: Any, conn: Connection, name: str) -> None:
+def worker_main(pipeline_class: type, context: Any, conn_fd: int, name: str) -> None:
     """Handle chunks until the pipe closes."""
     from otpserve.flow.topology.callbacks import run_handlers
 
+    conn = Connection(conn_fd)
     pipeline = pipeline_class.__new__(pipeline_class)
     noack = (_NoAck(), None, None)
     while True:
@@ -84,13 +85,15 @@ class ProcessorWorker:
         cls, pipeline_class: type, context: Any, name: str, batchers: list[str] | None = None
     ) -> ProcessorWorker:
         """Start the worker process for processor ``name``."""
-        ctx = multiprocessing.get_context("forkserver")
-        ours, theirs = ctx.Pipe(duplex=True)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            child = start_process(worker_main, (pipeline_class, context, theirs, name), name=name, method="forkserver")
+            child = start_process(worker_main, (pipeline_class, context, PassFd(theirs.fileno()), name), name=name)
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
-        return cls(child, ours, batchers)
+        return cls(child, Connection(ours.detach()), batchers)
 
     async def run(self, messages: list[Message]) -> None:
         """Run the handlers on ``messages`` in the worker; copy the results into them."""
