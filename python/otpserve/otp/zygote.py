@@ -167,9 +167,13 @@ def _child_main(boot_fd: int, supervisor: int, name: str) -> None:
 
 
 def _load(payload: bytes) -> tuple[str, Callable[..., Any], list[Any]]:
-    """The supervisor's sys.path comes first, so that the target's module imports as it does there."""
-    path, cwd, rest = pickle.loads(payload)
+    """The supervisor's sys.path and environment come first, so the target imports and runs as it would there."""
+    path, cwd, environ, rest = pickle.loads(payload)
     sys.path[:] = path
+    group = os.getpgid(0)
+    os.environ.clear()
+    os.environ.update(environ)
+    os.environ[_GROUP_ENV] = str(group)  # what this process starts joins its group
     target, args = pickle.loads(rest)
     return cwd, target, list(args)
 
@@ -177,7 +181,6 @@ def _load(payload: bytes) -> tuple[str, Callable[..., Any], list[Any]]:
 def spawned_main() -> None:
     """Entry point of a process started with ``spawn`` (``python -c``): boot socket on fd 3."""
     supervisor, name = os.environ.pop("OTPSERVE_BOOT").split(",", 1)
-    os.environ[_GROUP_ENV] = str(os.getpgid(0))  # what this process starts joins its group
     _child_main(_BOOT_FD, int(supervisor), name)
 
 
@@ -478,7 +481,7 @@ def launch(target: Callable[..., Any], args: Sequence[Any], name: str, method: s
         raise ValueError(f"a child takes at most {_MAX_FDS} file descriptors, got {len(fds)}")
     # Pickled before anything starts, so an argument that does not pickle fails here, in the caller.
     inner = pickle.dumps((target, marked), protocol=pickle.HIGHEST_PROTOCOL)
-    payload = pickle.dumps((list(sys.path), os.getcwd(), inner), protocol=pickle.HIGHEST_PROTOCOL)
+    payload = pickle.dumps((list(sys.path), os.getcwd(), dict(os.environ), inner), protocol=pickle.HIGHEST_PROTOCOL)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         pid = zygote().fork(name, theirs) if method == "zygote" else None

@@ -352,7 +352,8 @@ class ProcessPartition(Partition):
                 self._slot.exit(reason)
             return
         if w is self._successor:
-            log.warning("partition %d: the successor worker died while starting (%s)", self.index, reason)
+            if not w.retiring:
+                log.warning("partition %d: the successor worker died while starting (%s)", self.index, reason)
             self._successor = None
         self._retiring.discard(w)
         w.close(self._loop)  # type: ignore[arg-type]
@@ -427,7 +428,7 @@ class ProcessPartition(Partition):
 
     def _check_recycle(self, w: _Worker) -> None:
         """Start a successor for a worker past ``max_batches`` or ``max_rss`` (it serves on meanwhile)."""
-        if self._successor is not None or w.retiring:
+        if self._successor is not None:
             return
         why = None
         if self.max_batches is not None and w.batches >= self.max_batches:
@@ -448,13 +449,11 @@ class ProcessPartition(Partition):
         if why is None:
             return
         log.info("partition %d: worker %d reached %s; starting its successor", self.index, w.child.pid, why)
-        w.retiring = True
         self._recycle_why = why
         try:
             self._successor = self._launch()
         except Exception:
             log.exception("partition %d: could not start a successor; the worker serves on", self.index)
-            w.retiring = False
 
     def _take_over(self) -> _Worker:
         """The ready successor becomes the running worker (between batches); returns the one it replaces."""
