@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -124,6 +127,32 @@ def test_a_thread_worker_that_hangs_is_abandoned_for_a_fresh_thread(tmp_path, mo
             np.testing.assert_allclose(await s.run(rows(3)), affine(rows(3)), rtol=1e-6)
 
     asyncio.run(main())
+
+
+def test_a_process_whose_thread_worker_hung_still_exits(tmp_path):
+    # The abandoned thread sleeps for an hour: a thread the interpreter joins at exit would keep the process
+    # (a server told to stop) alive that long.
+    script = f"""
+import asyncio, sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import numpy as np
+from _models import hang_once_then_answer
+from otpserve.models import FunctionModel
+from otpserve.serving import Serving
+
+async def main():
+    s = Serving(FunctionModel(hang_once_then_answer, input_shape=(4,), output_shape=(3,)),
+                isolation="thread", batch_size=4, batch_deadline=0.2)
+    async with s:
+        await s.run(-np.ones((1, 4), np.float32))
+    print("stopped", s.metrics.hangs.get())
+
+asyncio.run(main())
+"""
+    env = {**os.environ, "OTPSERVE_TEST_MARKER": str(tmp_path / "hung")}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["stopped", "1"]
 
 
 async def steady(s: Serving, callers: int, requests: int) -> tuple[list, list[int]]:

@@ -22,9 +22,11 @@ import contextlib
 import logging
 import mmap
 import os
+import queue
 import socket
 import struct
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
@@ -112,6 +114,50 @@ class Partition:
         raise NotImplementedError
 
 
+class _ModelThread:
+    """A daemon thread that runs one call at a time for a ThreadPartition.
+
+    Not a ``ThreadPoolExecutor``: the interpreter joins those threads at exit, so one abandoned in a hung
+    model would keep the process from ever exiting (a SIGTERM'd server would wait forever). A daemon
+    thread is simply left behind when the process ends.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._calls: queue.SimpleQueue[tuple[Callable[[], Any], asyncio.Future[Any]] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, call: Callable[[], Any]) -> asyncio.Future[Any]:
+        """Run ``call()`` in the thread; its result (or exception) arrives on the running loop."""
+        fut = asyncio.get_running_loop().create_future()
+        self._calls.put((call, fut))
+        return fut
+
+    def shutdown(self) -> None:
+        """Let the thread end after its current call (if that call never returns, it is abandoned)."""
+        self._calls.put(None)
+
+    def _main(self) -> None:
+        while (item := self._calls.get()) is not None:
+            call, fut = item
+            try:
+                result, error = call(), None
+            except BaseException as exc:  # reported to the caller, as an executor would
+                result, error = None, exc
+            loop = fut.get_loop()
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+                loop.call_soon_threadsafe(_settle, fut, result, error)
+
+
+def _settle(fut: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if fut.done():
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(result)
+
+
 class ThreadPartition(Partition):
     """A partition whose model runs in a dedicated thread of this process."""
 
@@ -119,13 +165,13 @@ class ThreadPartition(Partition):
         super().__init__(index, owner, layout, deadline)
         self.model = model
         self.inputs = np.empty((layout.batch_size, *layout.input_shape), dtype=layout.input_dtype)
-        self.executor: ThreadPoolExecutor | None = None
+        self.thread: _ModelThread | None = None
         self._hung: asyncio.Future[None] | None = None
         self._runs = 0  # which run a finished future belongs to (an abandoned thread may finish much later)
 
     async def serve(self) -> None:
         """The body of this partition's supervised task: own the thread until cancelled or hung."""
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"otpserve-partition-{self.index}")
+        self.thread = _ModelThread(f"otpserve-partition-{self.index}")
         self._hung = asyncio.get_running_loop().create_future()
         hung = False
         self.state = IDLE
@@ -141,17 +187,18 @@ class ThreadPartition(Partition):
             self.state = DOWN
             self._runs += 1
             # A hung thread cannot be killed: it is abandoned (it holds the GIL only if the model does).
-            self.executor.shutdown(wait=False, cancel_futures=True)
+            self.thread.shutdown()
             self.owner.partition_down(self, batch, hung)
 
     def run(self, batch: Batch) -> None:
         """Copy the batch into this partition's buffer and run the model in the thread."""
-        assert self.executor is not None
+        assert self.thread is not None
         self.state, self.batch = BUSY, batch
         self._runs += 1
         run = self._runs
         view = batch.fill(self.inputs)
-        fut = asyncio.get_running_loop().run_in_executor(self.executor, _timed_predict, self.model, view)
+        model = self.model
+        fut = self.thread.submit(lambda: _timed_predict(model, view))
         fut.add_done_callback(lambda f: self._finished(run, batch, f))
         self._arm(batch)
 
