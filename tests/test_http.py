@@ -582,6 +582,62 @@ def test_head_gets_headers_only_and_idle_keep_alive_connections_are_closed():
         assert get.endswith(b'{"live":true}')
 
 
+def test_stop_answers_every_request_already_read_or_queued_and_closes_idle_connections():
+    gated = Gated()
+    gated.gate.clear()
+    body = infer_body(X)
+    req = b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+    async def read_all(reader: asyncio.StreamReader) -> bytes:
+        return await asyncio.wait_for(reader.read(1 << 20), 10)
+
+    async def main():
+        serving = await Serving(gated, isolation="thread", batch_timeout=0.001).start()
+        server = await HttpServer({"tiny": serving}, "127.0.0.1", 0).start()
+        port = server.port
+        busy_r, busy_w = await asyncio.open_connection("127.0.0.1", port)
+        busy_w.write(req + req)  # one in flight (held at the gate), one pipelined behind it
+        idle_r, idle_w = await asyncio.open_connection("127.0.0.1", port)  # waits for its next request
+        deadline = time.monotonic() + 10
+        while len(server.connections) < 2 or not any(c.busy for c in server.connections):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        # Connected and sent, but not yet accepted by the loop (no await since): closing the listener
+        # would reset it.
+        queued = socket.create_connection(("127.0.0.1", port))
+        queued.sendall(req)
+        queued.setblocking(False)
+        stopping = asyncio.ensure_future(server.stop(grace=5.0))
+        await asyncio.sleep(0.3)
+        assert not stopping.done()
+        assert await read_all(idle_r) == b""  # closed: it had nothing to answer
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        gated.gate.set()
+        both = await read_all(busy_r)
+        while both.count(b"HTTP/1.1") < 2 or not busy_r.at_eof():
+            more = await read_all(busy_r)
+            if not more:
+                break
+            both += more
+        first, second = both.split(b"HTTP/1.1 ")[1:]
+        assert first.startswith(b"200") and b"connection: close" not in first
+        assert second.startswith(b"200") and b"connection: close" in second  # the last answer says so
+        reply = b""
+        loop = asyncio.get_running_loop()
+        while chunk := await asyncio.wait_for(loop.sock_recv(queued, 65536), 10):
+            reply += chunk
+        assert reply.startswith(b"HTTP/1.1 200") and b"connection: close" in reply and b'"outputs"' in reply
+        await asyncio.wait_for(stopping, 10)
+        assert not server.connections
+        queued.close()
+        busy_w.close()
+        idle_w.close()
+        await serving.stop()
+
+    asyncio.run(main())
+
+
 class _Recorder:
     """A stand-in connection that records what the protocol hands the router."""
 
@@ -597,7 +653,7 @@ def _parse_both_ways(raw: bytes) -> tuple[list, list]:
     for chunks in ([raw], [raw[i : i + 1] for i in range(len(raw))]):
         seen: list = []
         router = type("R", (), {})()
-        router.server = type("S", (), {"max_body": 1 << 20, "connections": set()})()
+        router.server = type("S", (), {"max_body": 1 << 20, "connections": set(), "stopping": False})()
         router.handle = lambda conn, req, seen=seen: (
             seen.append((req.method, req.path, req.query, req.keep_alive, req.body, sorted(req.headers.items()))),
             conn.send(b"", req.keep_alive),

@@ -101,7 +101,8 @@ async def serve_forever(
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
-        await server.stop()
+        # The listener first (every request already read is answered), then the serving (its last batches).
+        await server.stop(grace=options.shutdown)
         await serving.stop()
         if not quiet:
             print("otpserve: stopped", flush=True)

@@ -78,7 +78,9 @@ class HttpConnection(asyncio.Protocol):
     __slots__ = (
         "_body",
         "_body_size",
+        "_closer",
         "_closing",
+        "_current",
         "_draining",
         "_failure",
         "_header_bytes",
@@ -93,6 +95,7 @@ class HttpConnection(asyncio.Protocol):
         "loop",
         "reading_message",
         "router",
+        "stopping",
         "transport",
     )
 
@@ -115,6 +118,10 @@ class HttpConnection(asyncio.Protocol):
         self._failure: tuple[int, str] | None = None  # a protocol error waiting for the in-flight answer
         self._draining = False
         self._paused = False
+        # The server is stopping: what was read is answered, the last answer says "connection: close".
+        self.stopping = False
+        self._current: Incoming | None = None  # the request being answered
+        self._closer: Incoming | None = None  # the request whose answer we turned into the last one
 
     # ---- asyncio.Protocol ------------------------------------------------------------------------------
 
@@ -122,6 +129,8 @@ class HttpConnection(asyncio.Protocol):
         """Register the new connection with the server."""
         self.transport = transport  # type: ignore[assignment]
         self.router.server.connections.add(self)
+        if self.router.server.stopping:  # taken from the listener's queue while it closed
+            self.stopping = True
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The client left: cancel its queued request so no compute is spent on it."""
@@ -212,6 +221,10 @@ class HttpConnection(asyncio.Protocol):
 
     def _complete(self, req: Incoming) -> None:
         """A whole request: answer it now, or after the one in flight (pipelining)."""
+        if self._closing:
+            return  # it came behind an answer that closed the connection
+        if self.stopping:
+            self._close_after(req)
         if self.busy:
             self._pending.append(req)
             if len(self._pending) >= MAX_PIPELINED and self.transport is not None:
@@ -220,7 +233,38 @@ class HttpConnection(asyncio.Protocol):
                 self._paused = True
         else:
             self.busy = True
+            self._current = req
             self.router.handle(self, req)
+
+    # ---- stopping --------------------------------------------------------------------------------------
+
+    def drain(self) -> None:
+        """The server stops: answer every request already read, the last with ``connection: close``."""
+        self.stopping = True
+        last = self._pending[-1] if self._pending else self._current
+        if last is not None:
+            self._close_after(last)
+
+    def _close_after(self, req: Incoming) -> None:
+        """Make ``req``'s answer the connection's last (the router reads ``keep_alive`` as it answers)."""
+        if self._closer is not None and self._closer is not req:
+            self._closer.keep_alive = True  # a later request was read: its answer closes instead
+            self._closer = None
+        if req.keep_alive:
+            req.keep_alive = False
+            self._closer = req
+
+    def idle_since(self, now: float) -> float | None:
+        """Seconds this connection has waited for its client's next request; None while it has work."""
+        if self.busy or self._pending or self.reading_message or self.transport is None:
+            return None
+        return now - self.last_activity
+
+    def close(self) -> None:
+        """Close the connection now (whatever it was doing)."""
+        self._closing = True
+        if self.transport is not None:
+            self.transport.close()
 
     # ---- answering -------------------------------------------------------------------------------------
 
@@ -233,6 +277,7 @@ class HttpConnection(asyncio.Protocol):
     def send(self, data: bytes, keep_alive: bool) -> None:
         """Write a whole response, then go on with the next pipelined request (or close)."""
         self.cancel_current = None
+        self._current = None
         transport = self.transport
         if transport is None:
             return
@@ -254,7 +299,8 @@ class HttpConnection(asyncio.Protocol):
             # A loop, not recursion: hundreds of pipelined quick answers must not exhaust the stack.
             while self._pending and not self.busy and self.transport is not None and not self._closing:
                 self.busy = True
-                self.router.handle(self, self._pending.popleft())
+                req = self._current = self._pending.popleft()
+                self.router.handle(self, req)
         finally:
             self._draining = False
         if self._paused and len(self._pending) < MAX_PIPELINED // 2 and self.transport is not None:

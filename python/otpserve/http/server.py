@@ -1,9 +1,11 @@
 """HttpServer: servings behind the KServe v2 REST API on one asyncio loop.
 
 ``await HttpServer({"mlp": serving}, host="127.0.0.1", port=8000).start()``. The server owns its listening
-socket, its connections and one housekeeping task (the idle sweep); ``stop()`` closes the listener, lets
-in-flight requests finish (bounded), then closes every connection. It does not own the servings: whoever
-started them stops them (``otpserve serve`` does both, in order).
+socket, its connections and one housekeeping task (the idle sweep); ``stop()`` drains: it takes the
+connections still queued on the listener and closes it, answers every request already read (the last on each
+connection with ``connection: close``), closes connections that wait for a next request, and after ``grace``
+seconds closes whatever is left. It does not own the servings: whoever started them stops them
+(``otpserve serve`` does both, in order).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 from pathlib import Path
 from time import perf_counter, thread_time
 from typing import TYPE_CHECKING
@@ -29,6 +33,10 @@ _STATUS_LABELS: dict[int, tuple[tuple[str, str], ...]] = {}
 # are averaged with this weight (about the last 20 busy ticks).
 COST_MIN_REQUESTS = 8
 COST_WEIGHT = 0.05
+# While stopping, a connection with nothing to answer is closed once its client has sent nothing for this
+# long: a closed-loop client sends its next request within milliseconds of an answer, and that request is
+# answered (with connection: close) rather than cut off by a close that crosses it on the wire.
+STOP_LINGER = 0.25
 
 
 class HttpServer:
@@ -66,6 +74,7 @@ class HttpServer:
         self.peer_name = peer_name
         self.shedder = shedder if shedder is not None else LoadShedder()
         self.connections: set[HttpConnection] = set()
+        self.stopping = False
         self.router = Router(self)
         self.registry = Registry()
         self.responses = self.registry.add(Counter("otpserve_http_responses_total", "HTTP responses by status."))
@@ -204,17 +213,30 @@ class HttpServer:
                 conn.idle_check(now, self.request_timeout, self.keep_alive_timeout)
 
     async def stop(self, grace: float = 5.0) -> None:
-        """Stop accepting, give in-flight requests ``grace`` seconds, then close every connection."""
+        """Stop accepting and drain: every request already read is answered within ``grace`` seconds."""
         if self._server is None:
             return
-        self._server.close()
         loop = asyncio.get_running_loop()
+        self.stopping = True
+        # Closing a listener resets the connections in its accept queue (the kernel hands them to no one,
+        # even with SO_REUSEPORT peers still open): take them first, in the same step, and answer them too.
+        queued = self._take_queued()
+        self._server.close()
+        for sock in queued:
+            with contextlib.suppress(OSError):
+                await loop.connect_accepted_socket(lambda: HttpConnection(self.router, loop), sock)
+        for conn in list(self.connections):
+            conn.drain()
         deadline = loop.time() + grace
-        while any(c.busy for c in self.connections) and loop.time() < deadline:
+        while self.connections and loop.time() < deadline:
+            now = loop.time()
+            for conn in list(self.connections):
+                idle = conn.idle_since(now)
+                if idle is not None and idle >= STOP_LINGER:
+                    conn.close()
             await asyncio.sleep(0.01)
         for conn in list(self.connections):
-            if conn.transport is not None:
-                conn.transport.close()
+            conn.close()
         for task in (self._sweeper, self._lag_watch):
             if task is not None:
                 task.cancel()
@@ -222,6 +244,22 @@ class HttpServer:
                     await task
         await self._server.wait_closed()
         self._server = None
+
+    def _take_queued(self) -> list[socket.socket]:
+        """Accept, without waiting, every connection queued on the listening sockets."""
+        assert self._server is not None
+        taken: list[socket.socket] = []
+        for listener in self._server.sockets:
+            with socket.socket(fileno=os.dup(listener.fileno())) as sock:
+                sock.setblocking(False)
+                while True:
+                    try:
+                        conn, _ = sock.accept()
+                    except OSError:  # BlockingIOError: the queue is empty
+                        break
+                    conn.setblocking(False)
+                    taken.append(conn)
+        return taken
 
     async def __aenter__(self) -> HttpServer:
         return await self.start()
