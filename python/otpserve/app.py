@@ -131,6 +131,11 @@ def acceptor_main(model_path: Path, host: str, port: int, options: ServingOption
     """One acceptor process: a whole server (HTTP, Serving, its workers) on a port it shares (SO_REUSEPORT)."""
     import uvloop
 
+    from otpserve.otp.zygote import zygote
+
+    # Fresh from the top's zygote, this process has the preload and no threads yet: its own zygote is a
+    # fork of it now, so the restart of a killed acceptor does not wait for an interpreter to boot.
+    zygote().prefork()
     uvloop.run(
         serve_forever(
             model_path,
