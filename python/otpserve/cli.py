@@ -88,6 +88,30 @@ def _positive_int(text: str) -> int:
     return value
 
 
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def _bytes(text: str) -> int:
+    """A size in bytes: a number, optionally with K, M or G (powers of 1024): 512M, 2G."""
+    number, unit = text.strip(), ""
+    if number[-1:].upper() in ("K", "M", "G"):
+        number, unit = number[:-1], number[-1].upper()
+    try:
+        value = int(float(number) * _UNITS[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (bytes, or a number with K, M or G)") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 byte, got {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+    return value
+
+
 # --- predict ---------------------------------------------------------------------------------------------
 
 
@@ -164,6 +188,30 @@ def _add_serve(subparsers) -> None:
     p.add_argument(
         "--timeout", type=float, default=d.default_timeout, help=f"default request deadline, s ({d.default_timeout})"
     )
+    p.add_argument(
+        "--batch-deadline",
+        type=_seconds,
+        default=d.batch_deadline,
+        help=f"a batch running longer is a hang: its worker is killed, the batch re-run once (s, {d.batch_deadline})",
+    )
+    p.add_argument(
+        "--max-batches",
+        type=_positive_int,
+        default=None,
+        help="replace a worker after this many batches (default: never)",
+    )
+    p.add_argument(
+        "--max-rss",
+        type=_bytes,
+        default=None,
+        help="replace a worker once its resident memory passes this (bytes, or 512M, 2G; default: never)",
+    )
+    p.add_argument(
+        "--shutdown",
+        type=_seconds,
+        default=d.shutdown,
+        help=f"at SIGTERM, seconds to answer what was accepted before workers are killed ({d.shutdown})",
+    )
     p.set_defaults(handler=_run_serve)
 
 
@@ -174,14 +222,22 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     acceptors = args.acceptors or default_acceptors()
     partitions = args.partitions or default_partitions()
-    options = ServingOptions(
-        isolation=args.isolation,
-        partitions=partitions,
-        batch_size=args.batch_size,
-        batch_timeout=args.batch_timeout,
-        max_queue=args.max_queue or 2 * args.batch_size * partitions,
-        default_timeout=args.timeout,
-    )
+    try:
+        options = ServingOptions(
+            isolation=args.isolation,
+            partitions=partitions,
+            batch_size=args.batch_size,
+            batch_timeout=args.batch_timeout,
+            max_queue=args.max_queue or 2 * args.batch_size * partitions,
+            default_timeout=args.timeout,
+            batch_deadline=args.batch_deadline,
+            max_batches=args.max_batches,
+            max_rss=args.max_rss,
+            shutdown=args.shutdown,
+        )
+    except ValueError as exc:  # options that do not go together (--max-rss with --isolation thread)
+        print(f"otpserve serve: error: {exc}", file=sys.stderr)
+        return 2
     return run(args.model, args.host, args.port, options, acceptors)
 
 
