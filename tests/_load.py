@@ -28,6 +28,7 @@ class Load:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._main, name="load", daemon=True)
         self.failures: list[tuple[float, str]] = []  # (monotonic time, what) for each failed request
+        self.latencies: list[float] = []  # seconds, of each request answered 200
 
     def __enter__(self) -> Load:
         self._thread.start()
@@ -77,6 +78,7 @@ class Load:
                     continue
             assert reader is not None
             try:
+                t0 = time.perf_counter()
                 writer.write(self.request)
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
                 status = int(head.split(b" ", 2)[1])
@@ -91,7 +93,10 @@ class Load:
                 writer.close()
                 reader = writer = None
                 continue
-            self._count("ok" if status == 200 and b'"outputs"' in body else f"status {status}")
+            ok = status == 200 and b'"outputs"' in body
+            if ok:
+                self.latencies.append(time.perf_counter() - t0)
+            self._count("ok" if ok else f"status {status}")
             if close:
                 writer.close()
                 reader = writer = None
