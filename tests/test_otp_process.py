@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import test_otp_targets as targets
+from _procs import alive as pid_alive
+from _procs import descendants, wait_gone
 from otpserve import telemetry
 from otpserve.otp import ChildSpec, ExitReason, Supervisor, start_process
 
@@ -26,24 +28,6 @@ def arun(coro, timeout=30.0):
 @pytest.fixture(autouse=True)
 def _quiet_crash_logs(caplog):
     caplog.set_level(logging.CRITICAL, logger="otpserve.otp")
-
-
-def pid_alive(pid):
-    """True while ``pid`` is a live process (a zombie counts as gone: it runs nothing)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
-def wait_gone(pids, within):
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if not any(pid_alive(p) for p in pids):
-            return []
-        time.sleep(0.02)
-    return [p for p in pids if pid_alive(p)]
 
 
 class ExitLog:
@@ -233,23 +217,6 @@ ORPHAN_SCRIPT = textwrap.dedent(
     asyncio.run(main())
     """
 )
-
-
-def descendants(root):
-    """Every live process below ``root`` (from /proc), so helpers like the fork server are checked too."""
-    parent = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parent[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found, frontier = set(), {root}
-    while frontier:
-        frontier = {p for p, pp in parent.items() if pp in frontier} - found
-        found |= frontier
-    return sorted(found)
 
 
 @pytest.mark.parametrize("method", ["zygote", "spawn"])

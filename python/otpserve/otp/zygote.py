@@ -365,16 +365,8 @@ class Zygote:
         self._closed = False
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         group = process_group()
-        env = dict(os.environ)
-        env["OTPSERVE_ZYGOTE"] = f"{os.getpid()},{','.join(self.preload)}"
         try:
-            pid = os.posix_spawn(
-                sys.executable,
-                [sys.executable, "-c", "from otpserve.otp.zygote import zygote_main; zygote_main()"],
-                env,
-                file_actions=[(os.POSIX_SPAWN_DUP2, theirs.fileno(), _BOOT_FD)],
-                setpgroup=group if group is not None else 0,
-            )
+            pid = _spawn_python("zygote_main", "OTPSERVE_ZYGOTE", ",".join(self.preload), theirs, group)
         finally:
             theirs.close()
         self.pid, self.pgid = pid, group if group is not None else pid
@@ -531,13 +523,19 @@ def _spawn(boot: socket.socket, name: str) -> tuple[int, int]:
     if group is None:
         z = _zygote
         group = z.pgid if z is not None and z.pgid is not None and z._sock is not None else None
+    pid = _spawn_python("spawned_main", "OTPSERVE_BOOT", name, boot, group)
+    return pid, group if group is not None else pid
+
+
+def _spawn_python(entry: str, key: str, value: str, boot: socket.socket, group: int | None) -> int:
+    """``python -c 'zygote.<entry>()'`` with ``boot`` on fd 3 and ``key=<our pid>,<value>`` in its environment,
+    in process group ``group`` (a new one it leads when None)."""
     env = dict(os.environ)
-    env["OTPSERVE_BOOT"] = f"{os.getpid()},{name}"
-    pid = os.posix_spawn(
+    env[key] = f"{os.getpid()},{value}"
+    return os.posix_spawn(
         sys.executable,
-        [sys.executable, "-c", "from otpserve.otp.zygote import spawned_main; spawned_main()"],
+        [sys.executable, "-c", f"from otpserve.otp.zygote import {entry}; {entry}()"],
         env,
         file_actions=[(os.POSIX_SPAWN_DUP2, boot.fileno(), _BOOT_FD)],
         setpgroup=group if group is not None else 0,
     )
-    return pid, group if group is not None else pid
