@@ -141,3 +141,13 @@ def test_mnist_images_and_labels_of_different_counts_are_refused(tmp_path):
     write_idx(folder / "train-labels-idx1-ubyte.gz", np.zeros(7, np.uint8))
     with pytest.raises(IDXFormatError, match=r"train images \(200, 28, 28\) and labels \(7,\) do not match"):
         load_mnist_dataset(folder)
+
+
+def test_the_example_request_serve_prints_is_a_held_out_row_read_from_the_manifest(default_run):
+    import orjson
+    from otpserve.app import example_body
+
+    model = MLP.load(default_run.path)
+    body = orjson.loads(example_body(model, default_run.path))
+    x = np.asarray(body["inputs"][0]["data"], dtype=np.float32).reshape(1, 784)
+    np.testing.assert_array_equal(x, default_run.dataset.heldout_x[:1].astype(np.float32))

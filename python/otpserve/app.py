@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import os
 import shutil
 import signal
@@ -42,14 +43,17 @@ def ensure_model(path: Path | None) -> Path:
     return path
 
 
-def example_body(model: MLP) -> bytes:
-    """A v2 request for one real held-out digit, when the model is the default digits MLP; else zeros."""
-    x = np.zeros((1, *model.input_shape), dtype=np.float32)
-    if tuple(model.input_shape) == (784,):
-        with contextlib.suppress(Exception):
-            from otpserve.train.data import load_digits_dataset
+def example_body(model: MLP, path: Path) -> bytes:
+    """A v2 request for the real held-out row ``otpserve train`` kept in the manifest (``example``); else zeros.
 
-            x = load_digits_dataset(seed=0).heldout_x[:1].astype(np.float32)
+    Read from the artifact, not recomputed: loading the training data here imported scikit-learn (~4 s
+    cold), which held up the top process, and a SIGTERM, for as long.
+    """
+    x = np.zeros((1, *model.input_shape), dtype=np.float32)
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        row = np.asarray(json.loads((path / "manifest.json").read_text()).get("example"), dtype=np.float32)
+        if row.size == x.size:
+            x = row.reshape(x.shape)
     tensor = {"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}
     return orjson.dumps({"inputs": [tensor]})
 
@@ -111,7 +115,7 @@ async def serve_forever(
 def _announce(base: str, model: Any, path: Path, name: str, acceptors: int = 1) -> None:
     example = otpserve_home() / "example-request.json"
     example.parent.mkdir(parents=True, exist_ok=True)
-    example.write_bytes(example_body(model))
+    example.write_bytes(example_body(model, path))
     url = f"{base}/v2/models/{name}/infer"
     how = f" ({acceptors} acceptor processes)" if acceptors > 1 else ""
     print(

@@ -97,6 +97,8 @@ def train(
         out if out is not None else default_model_path(),
         metrics=metrics,
         versions={**library_versions(), "scikit-learn": sklearn.__version__},
+        # One held-out row, for the ready-to-paste request `otpserve serve` prints.
+        example=dataset.heldout_x[:1].astype(np.float32).ravel().tolist(),
         training={
             "library": "scikit-learn",
             "estimator": (
