@@ -32,10 +32,12 @@ def test_train_prints_split_and_held_out_accuracy(tmp_path, capsys):
     assert manifest["training"]["epochs"] == 2 and manifest["training"]["seed"] == 5
 
 
-def test_train_shows_a_progress_bar_per_epoch(tmp_path, capsys):
+def test_train_shows_one_progress_bar_for_the_run_with_the_epoch_and_loss_on_it(tmp_path, capsys):
     assert main(["train", "--epochs", "2", "--out", str(tmp_path / "m")]) == 0
     err = capsys.readouterr().err
-    assert "epoch 1/2" in err and "epoch 2/2" in err
+    assert "epoch=1/2" in err and "epoch=2/2" in err and "loss=" in err
+    assert len([line for line in err.split("\n") if line.strip()]) == 1, err  # redrawn in place: one line
+    assert err.rstrip().split("\r")[-1].startswith("training: 100%"), err
 
 
 def digit_pixels(index: int) -> tuple[np.ndarray, int]:

@@ -1,8 +1,9 @@
 """Train the reference MLP (784 → 128 ReLU → 10) with scikit-learn and export it as an otpserve artifact.
 
 scikit-learn's ``MLPClassifier`` does the learning (Adam, cross-entropy); we drive it one mini-batch at a
-time with ``partial_fit`` so each epoch gets a progress bar and the shuffling is ours and seeded. The fitted
-``coefs_``/``intercepts_`` are already in the kernel's (in, out) layout, so export is a copy to float32.
+time with ``partial_fit`` so the run has one progress bar (epoch and loss on it) and the shuffling is ours
+and seeded. The fitted ``coefs_``/``intercepts_`` are already in the kernel's (in, out) layout, so export
+is a copy to float32.
 Before saving, the exported model's logits (computed by the native kernel) are checked against
 scikit-learn's own on the held-out set, and the held-out accuracy is measured on the exported model — the
 numbers in the manifest describe the artifact, not the estimator it came from.
@@ -136,20 +137,22 @@ def fit_classifier(dataset: Dataset, *, epochs: int, seed: int, progress: bool =
     rng = np.random.default_rng(seed)
     n = len(dataset.train_y)
     final_loss = float("nan")
+    per_epoch = len(range(0, n, BATCH_SIZE))
+    # One bar for the whole run (every mini-batch of every epoch), the epoch and the running loss on it.
+    bar = tqdm(total=epochs * per_epoch, desc="training", unit="batch", disable=not progress)
     for epoch in range(epochs):
         order = rng.permutation(n)
-        starts = range(0, n, BATCH_SIZE)
-        bar = tqdm(starts, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", disable=not progress, leave=True)
         losses = []
-        for start in bar:
+        for start in range(0, n, BATCH_SIZE):
             rows = order[start : start + BATCH_SIZE]
             classifier.partial_fit(dataset.train_x[rows], dataset.train_y[rows], classes=classes)
             losses.append(classifier.loss_)
+            bar.update()
             if len(losses) % 10 == 0:
-                bar.set_postfix(loss=f"{np.mean(losses):.4f}", refresh=False)
+                bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", loss=f"{np.mean(losses):.4f}", refresh=False)
         final_loss = float(np.mean(losses))
-        bar.set_postfix(loss=f"{final_loss:.4f}")
-        bar.close()
+        bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", loss=f"{final_loss:.4f}")
+    bar.close()
     return classifier, final_loss
 
 
