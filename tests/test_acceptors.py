@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _crash import free_port
 from _procs import alive, by_kind, descendants
 from otpserve.metrics import merge_expositions
 from otpserve.models import MLP
@@ -42,12 +42,6 @@ def test_merged_metrics_add_counters_and_histograms_and_keep_the_worst_lag():
     assert 'h_bucket{le="+Inf"} 3' in merged and "h_sum 0.75" in merged and "h_count 3" in merged
     assert "otpserve_event_loop_lag_seconds 0.009" in merged
     assert merged.count("# TYPE r_total counter") == 1
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(url: str, body: bytes | None = None) -> tuple[int, bytes]:

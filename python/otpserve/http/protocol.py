@@ -78,9 +78,7 @@ class HttpConnection(asyncio.Protocol):
     __slots__ = (
         "_body",
         "_body_size",
-        "_closer",
         "_closing",
-        "_current",
         "_draining",
         "_failure",
         "_header_bytes",
@@ -120,8 +118,6 @@ class HttpConnection(asyncio.Protocol):
         self._paused = False
         # The server is stopping: what was read is answered, the last answer says "connection: close".
         self.stopping = False
-        self._current: Incoming | None = None  # the request being answered
-        self._closer: Incoming | None = None  # the request whose answer we turned into the last one
 
     # ---- asyncio.Protocol ------------------------------------------------------------------------------
 
@@ -223,8 +219,6 @@ class HttpConnection(asyncio.Protocol):
         """A whole request: answer it now, or after the one in flight (pipelining)."""
         if self._closing:
             return  # it came behind an answer that closed the connection
-        if self.stopping:
-            self._close_after(req)
         if self.busy:
             self._pending.append(req)
             if len(self._pending) >= MAX_PIPELINED and self.transport is not None:
@@ -233,7 +227,6 @@ class HttpConnection(asyncio.Protocol):
                 self._paused = True
         else:
             self.busy = True
-            self._current = req
             self.router.handle(self, req)
 
     # ---- stopping --------------------------------------------------------------------------------------
@@ -241,18 +234,11 @@ class HttpConnection(asyncio.Protocol):
     def drain(self) -> None:
         """The server stops: answer every request already read, the last with ``connection: close``."""
         self.stopping = True
-        last = self._pending[-1] if self._pending else self._current
-        if last is not None:
-            self._close_after(last)
 
-    def _close_after(self, req: Incoming) -> None:
-        """Make ``req``'s answer the connection's last (the router reads ``keep_alive`` as it answers)."""
-        if self._closer is not None and self._closer is not req:
-            self._closer.keep_alive = True  # a later request was read: its answer closes instead
-            self._closer = None
-        if req.keep_alive:
-            req.keep_alive = False
-            self._closer = req
+    def keeps_alive(self, req: Incoming) -> bool:
+        """Whether the answer to ``req`` leaves the connection open: the client's wish, unless the server
+        stops and nothing more was read (that answer is the last)."""
+        return req.keep_alive and (not self.stopping or bool(self._pending))
 
     def idle_since(self, now: float) -> float | None:
         """Seconds this connection has waited for its client's next request; None while it has work."""
@@ -277,7 +263,6 @@ class HttpConnection(asyncio.Protocol):
     def send(self, data: bytes, keep_alive: bool) -> None:
         """Write a whole response, then go on with the next pipelined request (or close)."""
         self.cancel_current = None
-        self._current = None
         transport = self.transport
         if transport is None:
             return
@@ -299,8 +284,7 @@ class HttpConnection(asyncio.Protocol):
             # A loop, not recursion: hundreds of pipelined quick answers must not exhaust the stack.
             while self._pending and not self.busy and self.transport is not None and not self._closing:
                 self.busy = True
-                req = self._current = self._pending.popleft()
-                self.router.handle(self, req)
+                self.router.handle(self, self._pending.popleft())
         finally:
             self._draining = False
         if self._paused and len(self._pending) < MAX_PIPELINED // 2 and self.transport is not None:

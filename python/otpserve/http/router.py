@@ -195,7 +195,7 @@ class Router:
         server.count_status(503)
         serving.metrics.requests.inc(labels=OVERLOADED)
         behind_ms = int(behind * 1000)
-        keep_alive = req.keep_alive
+        keep_alive = conn.keeps_alive(req)
         response = self._refusals.get((behind_ms, keep_alive))
         if response is None:
             if len(self._refusals) > 256:
@@ -228,7 +228,7 @@ class Router:
         extra: bytes = b"",
     ) -> None:
         self.server.count_status(status)
-        keep_alive = req.keep_alive
+        keep_alive = conn.keeps_alive(req)
         response = response_bytes(status, body, content_type, extra, close=not keep_alive)
         if req.method == b"HEAD":
             response = response[: len(response) - len(body)]  # headers only (Content-Length still says it all)

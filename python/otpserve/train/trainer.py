@@ -137,13 +137,13 @@ def fit_classifier(dataset: Dataset, *, epochs: int, seed: int, progress: bool =
     rng = np.random.default_rng(seed)
     n = len(dataset.train_y)
     final_loss = float("nan")
-    per_epoch = len(range(0, n, BATCH_SIZE))
+    starts = range(0, n, BATCH_SIZE)
     # One bar for the whole run (every mini-batch of every epoch), the epoch and the running loss on it.
-    bar = tqdm(total=epochs * per_epoch, desc="training", unit="batch", disable=not progress)
+    bar = tqdm(total=epochs * len(starts), desc="training", unit="batch", disable=not progress)
     for epoch in range(epochs):
         order = rng.permutation(n)
         losses = []
-        for start in range(0, n, BATCH_SIZE):
+        for start in starts:
             rows = order[start : start + BATCH_SIZE]
             classifier.partial_fit(dataset.train_x[rows], dataset.train_y[rows], classes=classes)
             losses.append(classifier.loss_)
